@@ -1,0 +1,21 @@
+# syntax=docker/dockerfile:1
+# One image for every role: `ambit control`, `ambit node`, `ambit cni` (deploy/charts choose the
+# subcommand). Build from the repository root:  docker build -t <hub>/ambit:<tag> .
+
+# --- build: the toolchain pinned by rust-toolchain.toml; gcc and make build aws-lc ------------
+FROM rust:1.95.0-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ambit \
+    && install -D -m 0755 target/release/ambit /out/ambit
+
+# --- runtime: glibc and CA certificates, no shell, no package manager -------------------------
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/ambit /usr/local/bin/ambit
+# Non-root by default; the charts run the node proxy and the capture agent as root, because they
+# enter pod network namespaces and write host CNI folders.
+USER 65532:65532
+EXPOSE 15001 15006 15008 15010 15012 15014 15020 15021
+ENTRYPOINT ["/usr/local/bin/ambit"]

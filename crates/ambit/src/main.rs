@@ -1,0 +1,47 @@
+//! `ambit`: one binary for every role of the mesh.
+//!
+//! This file only parses arguments and hands over to the crate that owns the work; no mesh logic
+//! lives in the binary. Each subcommand is a module under `cmd/`.
+
+mod cmd;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ambit: a sidecar-less service mesh, wire-compatible with Istio's ambient mode.
+#[derive(Debug, Parser)]
+#[command(name = "ambit", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the mesh certificate authority's files.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("ambit: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Ca(command) => cmd::ca::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

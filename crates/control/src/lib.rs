@@ -1,0 +1,16 @@
+//! The Ambit control plane: istiod's ambient-mode subset.
+//!
+//! Sources (the Kubernetes API or a directory of manifests) fill a [`SharedState`]; a translator
+//! turns it into Istio's WDS resources and hands them to the delta-xDS server; the CA service
+//! signs workload certificates for node proxies entitled to them.
+//!
+//! Invariants:
+//! - The served state only changes through the translation of the sources' objects; a bad
+//!   manifest or a hostile client never removes what is already served.
+//! - A certificate is issued for identity X only to a caller entitled to X (its own identity,
+//!   or a node proxy on whose node a pod of X runs).
+
+mod shared;
+pub mod source;
+
+pub use shared::SharedState;

@@ -1,0 +1,17 @@
+//! Test harness shared by Ambit's integration tests.
+//!
+//! Tests in this repository use real sockets, real TLS and (in later tiers) real network
+//! namespaces. This crate holds the small pieces every such test needs:
+//!
+//! - [`eventually!`]: poll a condition until it holds or a deadline passes, instead of sleeping
+//!   for a guessed duration. A timeout fails the test with the last observed value.
+//! - [`LoopbackAddrs`]: distinct `127.x.y.z` addresses, so several "workloads" in one process
+//!   are told apart by source address exactly as the node proxy's shared mode does.
+//!
+//! Mesh builders (`Mesh::loopback()…`) join this crate as the control plane and node proxy land.
+
+mod eventually;
+mod loopback;
+
+pub use eventually::{DEFAULT_TIMEOUT, poll_until};
+pub use loopback::LoopbackAddrs;
