@@ -26,6 +26,10 @@ enum Command {
     /// Manage the mesh certificate authority's files.
     #[command(subcommand)]
     Ca(cmd::ca::CaCommand),
+    /// Run the control plane: WDS and the CA for node proxies (istiod's ambient role).
+    Control(Box<cmd::control::ControlArgs>),
+    /// Show what the control plane serves: workloads, pods, services, policies.
+    Config(cmd::config::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Ca(command) => cmd::ca::run(command),
+        Command::Control(args) => cmd::control::run(*args),
+        Command::Config(args) => cmd::config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,5 +49,15 @@ fn main() -> ExitCode {
             eprintln!("ambit: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -10,7 +10,15 @@
 //! - A certificate is issued for identity X only to a caller entitled to X (its own identity,
 //!   or a node proxy on whose node a pod of X runs).
 
+pub mod auth;
+pub mod ca_service;
+mod debug;
+mod http;
+mod resources;
+mod run;
 mod shared;
 pub mod source;
+mod tls_listener;
 
+pub use run::{BoundAddrs, ControlConfig, ControlPlane, SourceConfig, StartError};
 pub use shared::SharedState;

@@ -35,6 +35,7 @@
 
 pub mod ca;
 pub mod clock;
+pub mod grpc;
 pub mod inspect;
 pub mod manager;
 pub mod spiffe;

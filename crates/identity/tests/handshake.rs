@@ -343,3 +343,74 @@ impl ServerCertVerifier for AcceptAnyServer {
             .supported_schemes()
     }
 }
+
+/// The control-plane channel: the server proves its DNS name with a CA-issued serving
+/// certificate; a client trusting only another root, or dialing another name, refuses it.
+#[tokio::test]
+async fn control_plane_tls_checks_dns_name_and_root() {
+    use ambit_identity::tls::{control_plane_client_config, control_plane_server_config};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::init(
+        dir.path(),
+        &ambit_identity::CaConfig::new("cluster.local".parse().unwrap()),
+    )
+    .unwrap();
+    let names = vec!["istiod.istio-system.svc".to_owned(), "localhost".to_owned()];
+    let serving = ca
+        .issue_serving_certificate(&names, std::time::Duration::from_secs(3600))
+        .unwrap();
+    let server = tokio_rustls::TlsAcceptor::from(control_plane_server_config(serving).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = server.accept(tcp).await {
+                    let _ = tls.write_all(b"ok").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+
+    let dial = |roots: Vec<rustls::pki_types::CertificateDer<'static>>, name: &'static str| async move {
+        let connector =
+            tokio_rustls::TlsConnector::from(control_plane_client_config(&roots).unwrap());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+        let mut tls = connector.connect(server_name, tcp).await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+
+    assert_eq!(
+        dial(ca.roots().to_vec(), "istiod.istio-system.svc")
+            .await
+            .unwrap(),
+        b"ok"
+    );
+    let wrong_name = dial(ca.roots().to_vec(), "evil.example").await.unwrap_err();
+    assert!(
+        wrong_name.to_string().contains("not valid for name"),
+        "{wrong_name}"
+    );
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = CertificateAuthority::init(
+        other_dir.path(),
+        &ambit_identity::CaConfig::new("cluster.local".parse().unwrap()),
+    )
+    .unwrap();
+    let foreign = dial(other.roots().to_vec(), "istiod.istio-system.svc")
+        .await
+        .unwrap_err();
+    let failure = ambit_identity::tls::classify_io(&foreign);
+    assert_eq!(
+        failure,
+        ambit_identity::tls::HandshakeFailure::UnknownIssuer,
+        "{foreign}"
+    );
+}

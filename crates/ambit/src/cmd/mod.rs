@@ -1,3 +1,5 @@
 //! One module per subcommand.
 
 pub(crate) mod ca;
+pub(crate) mod config;
+pub(crate) mod control;

@@ -6,8 +6,8 @@
 //! source contributed before — objects added, changed and removed as the files were.
 //!
 //! Bad input never loses state: a document that fails to parse is reported with its file,
-//! document index, line and the field at fault, and the objects it produced last time it was
-//! good are kept, so one typo does not un-mesh a pod.
+//! document index, line and the field at fault, and while a file has errors, the objects it
+//! produced when it was last good are kept, so one typo does not un-mesh a pod.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -169,10 +169,12 @@ impl DirSource {
     }
 }
 
-/// Parses one file; documents that fail keep their last good objects.
+/// Parses one file. If any document fails, the file is treated as mid-edit: every document
+/// keeps its last good objects unless it now parses, so a truncated or garbled save never
+/// withdraws what the file served.
 fn read_file(
     path: &Path,
-    mut previous: BTreeMap<usize, Vec<Object>>,
+    previous: BTreeMap<usize, Vec<Object>>,
     issues: &mut Vec<ManifestIssue>,
 ) -> BTreeMap<usize, Vec<Object>> {
     let text = match std::fs::read_to_string(path) {
@@ -188,6 +190,7 @@ fn read_file(
         }
     };
     let mut documents = BTreeMap::new();
+    let mut failed = false;
     for doc in manifest::parse(&text) {
         match doc.result {
             Ok(objects) => {
@@ -197,17 +200,20 @@ fn read_file(
                 debug!(file = %path.display(), document = doc.index, "skipped: {e}")
             }
             Err(e) => {
+                failed = true;
                 issues.push(ManifestIssue {
                     file: path.to_owned(),
                     document: doc.index,
                     line: doc.line,
                     message: e.to_string(),
                 });
-                if let Some(last_good) = previous.remove(&doc.index) {
-                    documents.insert(doc.index, last_good);
-                }
             }
         }
+    }
+    if failed {
+        let mut merged = previous;
+        merged.extend(documents);
+        return merged;
     }
     documents
 }

@@ -8,3 +8,4 @@
 //! cannot tell them apart.
 
 pub mod dir;
+pub mod kube;

@@ -26,6 +26,7 @@
 mod csr;
 mod error;
 mod load;
+mod serving;
 mod store;
 
 use std::path::Path;
@@ -46,6 +47,7 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::x509;
 
 pub use error::CaError;
+pub use serving::ServingCertificate;
 pub use store::{CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE};
 
 /// Lifetime of a workload certificate when the caller asks for none (Istio's default).

@@ -16,7 +16,10 @@
 //! - Session resumption is off on both sides: every connection runs the verifiers, so an
 //!   identity check can never be skipped by a resumed session.
 
+mod control;
 mod verify;
+
+pub use control::{control_plane_client_config, control_plane_server_config};
 
 use std::fmt;
 use std::io;

@@ -1,0 +1,131 @@
+//! `ambit control`: run the control plane (istiod's ambient subset).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambit_control::{ControlConfig, ControlPlane, SourceConfig};
+use ambit_identity::TrustDomain;
+use ambit_model::MeshConfig;
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// Where cluster objects come from: a directory of manifests, or the Kubernetes API.
+    #[arg(long, value_enum, default_value_t = Source::Dir)]
+    source: Source,
+
+    /// Directory of Kubernetes manifests to serve (Namespaces, Pods, Services, EndpointSlices,
+    /// ServiceAccounts, AuthorizationPolicies, PeerAuthentications); watched for changes.
+    #[arg(long, required_if_eq("source", "dir"))]
+    config_dir: Option<PathBuf>,
+
+    /// CA directory in Istio's plug-in layout; a self-signed root is created there if empty.
+    #[arg(long, default_value = "./ambit-ca")]
+    ca_dir: PathBuf,
+
+    /// File of `<token> <node-name>` lines that authenticate node proxies on the TLS port.
+    #[arg(long)]
+    bootstrap_tokens: Option<PathBuf>,
+
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    root_namespace: String,
+
+    #[arg(long, default_value = "cluster.local")]
+    domain_suffix: String,
+
+    /// Plaintext WDS; keep it on loopback. `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:15010", value_parser = parse_addr)]
+    plaintext_addr: Listen,
+
+    /// WDS and CA over TLS, bearer token required (needs --bootstrap-tokens). `off` disables it.
+    #[arg(long, default_value = "off", value_parser = parse_addr)]
+    tls_addr: Listen,
+
+    /// `/metrics`, `/ready` and `/debug/…`. `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:15014", value_parser = parse_addr)]
+    monitoring_addr: Listen,
+
+    /// Quiet time after a change before pushing, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    debounce_ms: u64,
+
+    /// How often the manifest directory is checked, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    Dir,
+    Kubernetes,
+}
+
+pub(crate) fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "istio-system".to_owned());
+    let serving_names = vec![
+        format!("istiod.{namespace}.svc"),
+        format!("istiod.{namespace}.svc.{}", args.domain_suffix),
+        "istiod".to_owned(),
+        "localhost".to_owned(),
+    ];
+    let config = ControlConfig {
+        source: match (args.source, args.config_dir) {
+            (Source::Dir, Some(path)) => SourceConfig::Dir {
+                path,
+                poll: Duration::from_millis(args.poll_ms),
+            },
+            (Source::Dir, None) => anyhow::bail!("--source dir needs --config-dir"),
+            (Source::Kubernetes, _) => SourceConfig::Kubernetes,
+        },
+        mesh: MeshConfig {
+            trust_domain: args.trust_domain,
+            cluster_id: args.cluster_id,
+            domain_suffix: args.domain_suffix,
+            network: String::new(),
+            root_namespace: args.root_namespace,
+        },
+        ca_dir: args.ca_dir,
+        bootstrap_tokens: args.bootstrap_tokens,
+        plaintext_addr: args.plaintext_addr.0,
+        tls_addr: args.tls_addr.0,
+        monitoring_addr: args.monitoring_addr.0,
+        debounce: Duration::from_millis(args.debounce_ms),
+        serving_names,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let control = ControlPlane::start(config)
+            .await
+            .context("cannot start the control plane")?;
+        tokio::select! {
+            () = control.wait() => anyhow::bail!("the control plane stopped"),
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("cannot wait for Ctrl-C")?;
+                tracing::info!("interrupted; stopping");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listen(pub(crate) Option<SocketAddr>);
+
+pub(crate) fn parse_addr(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{s:?} is not an ip:port address (or `off`): {e}"))
+}

@@ -1,0 +1,347 @@
+//! Composition: sources → translation → WDS, the CA service, the listeners.
+//!
+//! [`ControlPlane::start`] binds every listener before returning (so a caller passing port 0
+//! learns the real addresses), loads or creates the CA, reads the source once so the first
+//! client already gets the full state, then runs everything as tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_identity::{CaConfig, CertificateAuthority};
+use ambit_model::{Kind, MeshConfig, MeshSnapshot, translate};
+use ambit_xds::server::{AdsServer, AllowAll, Store};
+use hyper::StatusCode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, BootstrapTokens};
+use crate::ca_service::CaService;
+use crate::http::{Handler, Reply};
+use crate::source::dir::DirSource;
+use crate::{SharedState, debug, resources, tls_listener};
+
+/// How long start-up waits for the first full list of every kind from the API server.
+const INITIAL_LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the cluster objects come from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SourceConfig {
+    /// A directory of manifests, polled at `poll` intervals.
+    Dir { path: PathBuf, poll: Duration },
+    /// The Kubernetes API (in-cluster config or kubeconfig); callers authenticate by TokenReview.
+    Kubernetes,
+}
+
+/// Everything `ambit control` is told.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub source: SourceConfig,
+    pub mesh: MeshConfig,
+    /// Istio plug-in CA layout; a self-signed root is created here on first start if empty.
+    pub ca_dir: PathBuf,
+    /// `<token> <node>` lines authenticating node proxies (local mode).
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// Plaintext WDS (15010); keep it on loopback.
+    pub plaintext_addr: Option<SocketAddr>,
+    /// WDS and CA over TLS with bearer tokens (15012).
+    pub tls_addr: Option<SocketAddr>,
+    /// `/metrics`, `/ready`, `/debug/…` (15014).
+    pub monitoring_addr: Option<SocketAddr>,
+    /// Quiet time after a change before translating, so bursts become one push.
+    pub debounce: Duration,
+    /// DNS names in the 15012 serving certificate.
+    pub serving_names: Vec<String>,
+}
+
+/// Addresses actually bound.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoundAddrs {
+    pub plaintext: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub monitoring: Option<SocketAddr>,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot bind {what} on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("certificate authority in {dir}")]
+    Ca {
+        dir: String,
+        source: ambit_identity::CaError,
+    },
+    #[error("bootstrap tokens")]
+    Tokens(#[from] crate::auth::TokenFileError),
+    #[error("TLS for the control-plane port")]
+    Tls(#[from] ambit_identity::tls::TlsError),
+    #[error("the 15012 port needs node authentication: pass bootstrap tokens")]
+    NoAuthenticator,
+    #[error("cannot reach the Kubernetes API")]
+    Kubernetes(#[source] kube::Error),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    addrs: BoundAddrs,
+    store: Store,
+    state: SharedState,
+    snapshot: watch::Receiver<Arc<MeshSnapshot>>,
+    ca: Arc<CertificateAuthority>,
+    tasks: JoinSet<()>,
+}
+
+impl ControlPlane {
+    pub async fn start(config: ControlConfig) -> Result<Self, StartError> {
+        let ca_config = CaConfig::new(config.mesh.trust_domain.clone());
+        let ca =
+            CertificateAuthority::load_or_init(&config.ca_dir, &ca_config).map_err(|source| {
+                StartError::Ca {
+                    dir: config.ca_dir.display().to_string(),
+                    source,
+                }
+            })?;
+        let ca = Arc::new(ca);
+        let mut authenticator: Option<Arc<dyn Authenticator>> = match &config.bootstrap_tokens {
+            Some(path) => Some(Arc::new(BootstrapTokens::load(path)?)),
+            None => None,
+        };
+
+        let state = SharedState::new();
+        let mut tasks = JoinSet::new();
+        // The first full read happens before any listener serves, so no client sees a
+        // half-loaded mesh.
+        match &config.source {
+            SourceConfig::Dir { path, poll } => {
+                let mut source = DirSource::new(path.clone());
+                source.scan(&state);
+                tasks.spawn(source.run(state.clone(), *poll));
+            }
+            SourceConfig::Kubernetes => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(StartError::Kubernetes)?;
+                let (listed_tx, mut listed) = tokio::sync::mpsc::channel(Kind::ALL.len());
+                tasks.spawn(crate::source::kube::run(
+                    client.clone(),
+                    state.clone(),
+                    listed_tx,
+                ));
+                let mut pending: std::collections::BTreeSet<Kind> = Kind::ALL.into_iter().collect();
+                let deadline = tokio::time::sleep(INITIAL_LIST_TIMEOUT);
+                tokio::pin!(deadline);
+                while !pending.is_empty() {
+                    tokio::select! {
+                        Some(kind) = listed.recv() => { pending.remove(&kind); }
+                        () = &mut deadline => {
+                            warn!(?pending, "not every kind was listed in time; serving what is known");
+                            break;
+                        }
+                    }
+                }
+                if authenticator.is_none() {
+                    let review = crate::source::kube::TokenReviewAuthenticator::new(
+                        client,
+                        state.clone(),
+                        config.mesh.trust_domain.clone(),
+                    );
+                    authenticator = Some(Arc::new(review));
+                }
+            }
+        }
+
+        let store = Store::new();
+        let first = Arc::new(state.read(|s| translate(s, &config.mesh)));
+        store.replace_all(
+            ambit_proto::ADDRESS_TYPE_URL,
+            resources::addresses(&first, &config.mesh),
+        );
+        store.replace_all(ambit_proto::AUTHORIZATION_TYPE_URL, Vec::new());
+        let (snapshot_tx, snapshot) = watch::channel(first);
+        tasks.spawn(translate_loop(
+            state.clone(),
+            store.clone(),
+            config.mesh.clone(),
+            config.debounce,
+            snapshot_tx,
+        ));
+
+        let ads = AdsServer::new(store.clone());
+        let xds_stats = ads.stats();
+        let ca_service = CaService::new(
+            ca.clone(),
+            authenticator
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::auth::DenyAll)),
+            state.clone(),
+        );
+        let ca_stats = ca_service.stats();
+        let mut addrs = BoundAddrs::default();
+
+        if let Some(addr) = config.plaintext_addr {
+            let listener = bind("plaintext WDS", addr).await?;
+            addrs.plaintext = Some(local_addr(&listener, addr));
+            let router = tonic::transport::Server::builder().add_service(
+                ads.clone()
+                    .with_authenticator(Arc::new(AllowAll))
+                    .into_service(),
+            );
+            tasks.spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    warn!(error = %e, "plaintext WDS server stopped");
+                }
+            });
+        }
+        if let Some(addr) = config.tls_addr {
+            let authenticator = authenticator.clone().ok_or(StartError::NoAuthenticator)?;
+            let serving = ca
+                .issue_serving_certificate(
+                    &config.serving_names,
+                    Duration::from_secs(365 * 24 * 3600),
+                )
+                .map_err(|source| StartError::Ca {
+                    dir: config.ca_dir.display().to_string(),
+                    source,
+                })?;
+            let tls = ambit_identity::tls::control_plane_server_config(serving)?;
+            let listener = bind("WDS/CA over TLS", addr).await?;
+            addrs.tls = Some(local_addr(&listener, addr));
+            let ads = ads
+                .clone()
+                .with_authenticator(Arc::new(crate::auth::XdsTokenCheck::new(authenticator)));
+            let router = tonic::transport::Server::builder()
+                .add_service(ads.into_service())
+                .add_service(ca_service.clone().into_service());
+            tasks.spawn(async move {
+                if let Err(e) = router
+                    .serve_with_incoming(tls_listener::incoming(listener, tls))
+                    .await
+                {
+                    warn!(error = %e, "TLS WDS/CA server stopped");
+                }
+            });
+        }
+        if let Some(addr) = config.monitoring_addr {
+            let listener = bind("monitoring", addr).await?;
+            addrs.monitoring = Some(local_addr(&listener, addr));
+            let handler = monitoring_handler(state.clone(), snapshot.clone(), xds_stats, ca_stats);
+            tasks.spawn(crate::http::serve(listener, handler));
+        }
+        info!(?addrs, trust_domain = %config.mesh.trust_domain, "control plane started");
+        Ok(Self {
+            addrs,
+            store,
+            state,
+            snapshot,
+            ca,
+            tasks,
+        })
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// The WDS resources as served.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// The latest translation.
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// Runs until a task ends (which only happens on a fatal error) or the future is dropped.
+    pub async fn wait(mut self) {
+        if let Some(result) = self.tasks.join_next().await {
+            warn!(?result, "a control-plane task ended; shutting down");
+        }
+    }
+}
+
+async fn translate_loop(
+    state: SharedState,
+    store: Store,
+    mesh: MeshConfig,
+    debounce: Duration,
+    snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
+) {
+    let mut changes = state.subscribe();
+    // A burst of changes is translated once, but never later than this after the first.
+    let max_delay = debounce * 10;
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        let first = tokio::time::Instant::now();
+        loop {
+            match tokio::time::timeout(debounce, changes.changed()).await {
+                Err(_quiet) => break,
+                Ok(Err(_closed)) => return,
+                Ok(Ok(())) if first.elapsed() >= max_delay => break,
+                Ok(Ok(())) => {}
+            }
+        }
+        let snapshot = Arc::new(state.read(|s| translate(s, &mesh)));
+        store.replace_all(
+            ambit_proto::ADDRESS_TYPE_URL,
+            resources::addresses(&snapshot, &mesh),
+        );
+        snapshot_tx.send_replace(snapshot);
+    }
+}
+
+fn monitoring_handler(
+    state: SharedState,
+    snapshot: watch::Receiver<Arc<MeshSnapshot>>,
+    xds: Arc<ambit_xds::server::ServerStats>,
+    ca: Arc<crate::ca_service::CaStats>,
+) -> Handler {
+    Arc::new(move |path, _query| {
+        let snap = snapshot.borrow().clone();
+        match path {
+            "/ready" | "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
+            "/metrics" | "/stats/prometheus" => {
+                let mut reply = Reply::text(StatusCode::OK, debug::metrics(&xds, &ca, &snap));
+                reply.content_type = "text/plain; version=0.0.4";
+                reply
+            }
+            "/debug/workloads" => Reply::json(&debug::workloads(&snap)),
+            "/debug/pods" => Reply::json(&debug::pods(&snap)),
+            "/debug/services" => Reply::json(&debug::services(&snap)),
+            "/debug/policies" => Reply::json(&state.read(debug::policies)),
+            other => Reply::not_found(other),
+        }
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, requested: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(requested)
+}

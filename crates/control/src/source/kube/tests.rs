@@ -1,0 +1,140 @@
+//! The API source's event handling and TokenReview mapping, on fixture objects.
+
+use serde_json::json;
+
+use super::*;
+
+fn pod(name: &str, ip: &str) -> Value {
+    // As the API server sends list items: no apiVersion/kind.
+    json!({"metadata": {"name": name, "namespace": "demo", "resourceVersion": "1"}, "status": {"podIP": ip}})
+}
+
+fn pods(state: &SharedState) -> Vec<String> {
+    state.read(|s| s.pods.keys().map(|(_, n)| n.clone()).collect())
+}
+
+#[test]
+fn relist_replaces_and_events_apply() {
+    let state = SharedState::new();
+    let mut mirror = KindMirror::new(Kind::Pod);
+    mirror.handle(&state, watcher::Event::Init);
+    mirror.handle(&state, watcher::Event::InitApply(pod("a", "10.0.0.1")));
+    mirror.handle(&state, watcher::Event::InitApply(pod("b", "10.0.0.2")));
+    assert!(pods(&state).is_empty(), "nothing applied before InitDone");
+    mirror.handle(&state, watcher::Event::InitDone);
+    assert_eq!(pods(&state), ["a", "b"]);
+
+    mirror.handle(&state, watcher::Event::Apply(pod("c", "10.0.0.3")));
+    mirror.handle(&state, watcher::Event::Delete(pod("a", "10.0.0.1")));
+    assert_eq!(pods(&state), ["b", "c"]);
+
+    // A malformed object is reported and changes nothing.
+    let generation = state.generation();
+    mirror.handle(
+        &state,
+        watcher::Event::Apply(json!({"metadata": {"name": "bad", "namespace": "demo"}, "spec": {"hostNetwork": "yes"}})),
+    );
+    assert_eq!(state.generation(), generation);
+
+    // Re-list after a watch outage: b was deleted meanwhile, d added.
+    mirror.handle(&state, watcher::Event::Init);
+    mirror.handle(&state, watcher::Event::InitApply(pod("c", "10.0.0.3")));
+    mirror.handle(&state, watcher::Event::InitApply(pod("d", "10.0.0.4")));
+    mirror.handle(&state, watcher::Event::InitDone);
+    assert_eq!(pods(&state), ["c", "d"]);
+}
+
+#[test]
+fn relist_of_one_kind_leaves_others_alone() {
+    let state = SharedState::new();
+    let mut ns = KindMirror::new(Kind::Namespace);
+    ns.handle(
+        &state,
+        watcher::Event::Apply(json!({"metadata": {"name": "demo"}})),
+    );
+    let mut pods_mirror = KindMirror::new(Kind::Pod);
+    pods_mirror.handle(&state, watcher::Event::Init);
+    pods_mirror.handle(&state, watcher::Event::InitDone);
+    assert_eq!(state.read(|s| s.namespaces.len()), 1);
+}
+
+#[test]
+fn api_resources_name_the_right_endpoints() {
+    let r = api_resource(Kind::AuthorizationPolicy);
+    assert_eq!(
+        (r.api_version.as_str(), r.plural.as_str()),
+        ("security.istio.io/v1", "authorizationpolicies")
+    );
+    let r = api_resource(Kind::EndpointSlice);
+    assert_eq!(
+        (r.api_version.as_str(), r.plural.as_str()),
+        ("discovery.k8s.io/v1", "endpointslices")
+    );
+    assert_eq!(api_resource(Kind::Pod).api_version, "v1");
+}
+
+#[test]
+fn token_review_users_map_to_callers() {
+    let td: TrustDomain = "cluster.local".parse().unwrap();
+    let proxy = ("istio-system".to_owned(), "ztunnel".to_owned());
+    let no_pods = |_: &str, _: &str| None;
+    let ztunnel = "system:serviceaccount:istio-system:ztunnel";
+
+    let node =
+        caller_from_review(ztunnel, Some("node-a".into()), None, &proxy, &td, no_pods).unwrap();
+    assert_eq!(
+        node,
+        Caller::NodeProxy {
+            node: "node-a".into()
+        }
+    );
+
+    let via_pod = caller_from_review(
+        ztunnel,
+        None,
+        Some("ztunnel-x".into()),
+        &proxy,
+        &td,
+        |ns, pod| (ns == "istio-system" && pod == "ztunnel-x").then(|| "node-b".to_owned()),
+    )
+    .unwrap();
+    assert_eq!(
+        via_pod,
+        Caller::NodeProxy {
+            node: "node-b".into()
+        }
+    );
+
+    assert!(caller_from_review(ztunnel, None, None, &proxy, &td, no_pods).is_err());
+
+    let workload = caller_from_review(
+        "system:serviceaccount:prometheus:scraper",
+        None,
+        None,
+        &proxy,
+        &td,
+        no_pods,
+    )
+    .unwrap();
+    assert_eq!(
+        workload,
+        Caller::Workload {
+            identity: "spiffe://cluster.local/ns/prometheus/sa/scraper"
+                .parse()
+                .unwrap()
+        }
+    );
+
+    assert!(caller_from_review("kubernetes-admin", None, None, &proxy, &td, no_pods).is_err());
+    assert!(
+        caller_from_review(
+            "system:serviceaccount:broken",
+            None,
+            None,
+            &proxy,
+            &td,
+            no_pods
+        )
+        .is_err()
+    );
+}

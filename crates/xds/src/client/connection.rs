@@ -1,0 +1,404 @@
+//! The client task: connect, stream, hand updates to the handler, back off, repeat.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::error::Error as _;
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_proto::envoy::config::core::v3::Node;
+use ambit_proto::envoy::service::discovery::v3 as xds;
+use ambit_proto::google::rpc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+use xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+use super::{BoxError, ClientConfig, Command, Handler, MAX_RESPONSE_BYTES, Subscription, Update};
+use super::{Resource, TokenSource};
+use crate::resource::WILDCARD;
+
+/// Requests (ACKs, subscriptions) queued for the server before the client waits for it.
+const REQUEST_QUEUE: usize = 16;
+
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Why a stream ended, for the logs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum Error {
+    #[error("cannot connect to the xDS server")]
+    Connect(#[source] BoxError),
+    #[error("the bearer token is not valid header text")]
+    Token(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    #[error("the xDS server refused the stream")]
+    Refused(#[source] tonic::Status),
+    #[error("the xDS stream failed")]
+    Stream(#[source] tonic::Status),
+    #[error("the xDS server closed the stream")]
+    Closed,
+}
+
+/// How a session ended.
+enum Exit {
+    Shutdown,
+    Failed(Error),
+}
+
+/// The client task's state.
+pub(super) struct Worker<C> {
+    connect: C,
+    node: Node,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    handler: Arc<dyn Handler>,
+    bearer_token: Option<TokenSource>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    connected: watch::Sender<bool>,
+    types: BTreeMap<String, TypeState>,
+    /// The handler accepted an update on the current connection: the next backoff restarts.
+    healthy: bool,
+}
+
+/// What the client asked for and holds of one type.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Canonical name → version, of updates the handler accepted.
+    known: HashMap<String, String>,
+    /// A first request for this type went out on the current stream.
+    requested: bool,
+    /// The handler accepted an update of this type on the current stream.
+    synced: bool,
+}
+
+/// The live stream's request side.
+struct Session {
+    tx: mpsc::Sender<xds::DeltaDiscoveryRequest>,
+    /// Sent with the stream's first request only.
+    node: Option<Node>,
+}
+
+// === impl Worker ===
+
+impl<C, Fut> Worker<C>
+where
+    C: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Channel, BoxError>> + Send + 'static,
+{
+    pub(super) fn new(
+        connect: C,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+        bearer_token: Option<TokenSource>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        connected: watch::Sender<bool>,
+    ) -> Self {
+        let mut types: BTreeMap<String, TypeState> = BTreeMap::new();
+        for (type_url, subscription) in config.subscriptions {
+            let state = types.entry(type_url).or_default();
+            match subscription {
+                Subscription::Wildcard => state.wildcard = true,
+                Subscription::Names(names) => state.names.extend(names),
+            }
+        }
+        Self {
+            connect,
+            node: config.node,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max.max(config.backoff_initial),
+            handler,
+            bearer_token,
+            commands,
+            connected,
+            types,
+            healthy: false,
+        }
+    }
+
+    /// Runs until shut down.
+    pub(super) async fn run(mut self) {
+        let mut delay = self.backoff_initial;
+        loop {
+            let exit = self.session().await;
+            self.set_connected(false);
+            let error = match exit {
+                Exit::Shutdown => break,
+                Exit::Failed(error) => error,
+            };
+            if std::mem::take(&mut self.healthy) {
+                delay = self.backoff_initial;
+            }
+            let pause = jitter(delay);
+            warn!(error = %Chain(&error), retry_in = ?pause, "xDS connection lost");
+            if self
+                .or_command(None, tokio::time::sleep(pause))
+                .await
+                .is_none()
+            {
+                break;
+            }
+            delay = delay.saturating_mul(2).min(self.backoff_max);
+        }
+        info!("xDS client stopped");
+    }
+
+    /// One connection, from connect to the end of its stream.
+    async fn session(&mut self) -> Exit {
+        let channel = match self.or_command(None, (self.connect)()).await {
+            None => return Exit::Shutdown,
+            Some(Err(error)) => return Exit::Failed(Error::Connect(error)),
+            Some(Ok(channel)) => channel,
+        };
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE.max(self.types.len()));
+        let mut session = Session {
+            tx,
+            node: Some(self.node.clone()),
+        };
+        for (type_url, state) in &mut self.types {
+            state.requested = false;
+            state.synced = false;
+            if let Some(request) = state.first_request(type_url) {
+                // Cannot fail: the queue has room for one request per type.
+                let request = session.stamp(request);
+                let _ = session.tx.try_send(request);
+            }
+        }
+
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = self.bearer_token.as_ref().and_then(|token| token()) {
+            match MetadataValue::try_from(format!("Bearer {token}")) {
+                Ok(value) => {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                Err(error) => return Exit::Failed(Error::Token(error)),
+            }
+        }
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let call = client.delta_aggregated_resources(request);
+        let mut inbound = match self.or_command(Some(&mut session), call).await {
+            None => return Exit::Shutdown,
+            Some(Err(status)) => return Exit::Failed(Error::Refused(status)),
+            Some(Ok(response)) => response.into_inner(),
+        };
+        self.set_connected(true);
+        info!("xDS stream established");
+
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(response)) => {
+                        let reply = self.on_response(response);
+                        if session.tx.send(reply).await.is_err() {
+                            return Exit::Failed(Error::Closed);
+                        }
+                    }
+                    Ok(None) => return Exit::Failed(Error::Closed),
+                    Err(status) => return Exit::Failed(Error::Stream(status)),
+                },
+                command = self.commands.recv() => match command {
+                    Some(Command::Subscribe { type_url, names }) => {
+                        self.subscribe(type_url, names, Some(&mut session)).await;
+                    }
+                    Some(Command::Shutdown) | None => return Exit::Shutdown,
+                },
+            }
+        }
+    }
+
+    /// Awaits `future` while serving handle commands; `None` when asked to shut down.
+    async fn or_command<F: Future>(
+        &mut self,
+        mut session: Option<&mut Session>,
+        future: F,
+    ) -> Option<F::Output> {
+        tokio::pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return Some(output),
+                command = self.commands.recv() => match command {
+                    Some(Command::Subscribe { type_url, names }) => {
+                        self.subscribe(type_url, names, session.as_deref_mut()).await;
+                    }
+                    Some(Command::Shutdown) | None => return None,
+                },
+            }
+        }
+    }
+
+    /// Applies a response and returns the ACK or NACK for it.
+    fn on_response(&mut self, response: xds::DeltaDiscoveryResponse) -> xds::DeltaDiscoveryRequest {
+        let type_url = response.type_url.clone();
+        let nonce = response.nonce.clone();
+        let error_detail = match self.apply(response) {
+            Ok(()) => {
+                debug!(type_url, nonce, "ACK");
+                None
+            }
+            Err(message) => {
+                warn!(type_url, nonce, error = %message, "rejecting xDS update (NACK)");
+                Some(rpc::Status {
+                    code: INVALID_ARGUMENT,
+                    message,
+                    details: Vec::new(),
+                })
+            }
+        };
+        xds::DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: nonce,
+            error_detail,
+            ..Default::default()
+        }
+    }
+
+    fn apply(&mut self, response: xds::DeltaDiscoveryResponse) -> Result<(), String> {
+        let Some(state) = self.types.get_mut(&response.type_url) else {
+            return Err(format!("not subscribed to type {:?}", response.type_url));
+        };
+        let mut versions = Vec::with_capacity(response.resources.len());
+        let mut upserts = Vec::with_capacity(response.resources.len());
+        for resource in response.resources {
+            if resource.name.is_empty() {
+                return Err("a resource has no name".to_owned());
+            }
+            let Some(body) = resource.resource else {
+                return Err(format!("resource {:?} has no body", resource.name));
+            };
+            versions.push((resource.name.clone(), resource.version));
+            upserts.push(Resource {
+                name: resource.name,
+                aliases: resource.aliases,
+                body,
+            });
+        }
+        let removals = response.removed_resources;
+        let update = Update {
+            upserts,
+            removals: removals.clone(),
+            initial: !state.synced,
+        };
+        self.handler.handle(&response.type_url, update)?;
+        state.synced = true;
+        self.healthy = true;
+        for name in &removals {
+            state.known.remove(name);
+        }
+        state.known.extend(versions);
+        Ok(())
+    }
+
+    /// Remembers more names of a type and, when a stream is up, asks for them on it.
+    async fn subscribe(
+        &mut self,
+        type_url: String,
+        names: Vec<String>,
+        session: Option<&mut Session>,
+    ) {
+        let state = self.types.entry(type_url.clone()).or_default();
+        let mut added = Vec::new();
+        for name in names {
+            if name == WILDCARD {
+                if !std::mem::replace(&mut state.wildcard, true) {
+                    added.push(name);
+                }
+            } else if state.names.insert(name.clone()) {
+                added.push(name);
+            }
+        }
+        let Some(session) = session.filter(|_| !added.is_empty()) else {
+            return;
+        };
+        let request = if state.requested {
+            xds::DeltaDiscoveryRequest {
+                type_url,
+                resource_names_subscribe: added,
+                ..Default::default()
+            }
+        } else {
+            match state.first_request(&type_url) {
+                Some(request) => request,
+                None => return,
+            }
+        };
+        // Fails only when the stream is ending; the names are remembered for the next one.
+        let request = session.stamp(request);
+        let _ = session.tx.send(request).await;
+    }
+
+    fn set_connected(&self, connected: bool) {
+        if self.connected.send_replace(connected) != connected {
+            self.handler.on_connection_state(connected);
+        }
+    }
+}
+
+// === impl TypeState ===
+
+impl TypeState {
+    /// The request opening this type on a new stream, or `None` while there is nothing to ask
+    /// for (a named subscription without names: an empty list would mean "everything").
+    fn first_request(&mut self, type_url: &str) -> Option<xds::DeltaDiscoveryRequest> {
+        let subscribe: Vec<String> = match (self.wildcard, self.names.is_empty()) {
+            // Legacy wildcard: understood by every server, istiod included.
+            (true, true) => Vec::new(),
+            (true, false) => std::iter::once(WILDCARD.to_owned())
+                .chain(self.names.iter().cloned())
+                .collect(),
+            (false, true) => return None,
+            (false, false) => self.names.iter().cloned().collect(),
+        };
+        self.requested = true;
+        Some(xds::DeltaDiscoveryRequest {
+            type_url: type_url.to_owned(),
+            resource_names_subscribe: subscribe,
+            initial_resource_versions: self
+                .known
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+}
+
+// === impl Session ===
+
+impl Session {
+    /// Puts the node on the stream's first request.
+    fn stamp(&mut self, mut request: xds::DeltaDiscoveryRequest) -> xds::DeltaDiscoveryRequest {
+        request.node = self.node.take();
+        request
+    }
+}
+
+/// A delay in `[delay / 2, delay]`, so clients cut off together do not return together.
+fn jitter(delay: Duration) -> Duration {
+    // `RandomState` is seeded randomly per instance; one hash is all the randomness needed.
+    let random = RandomState::new().hash_one(0u8);
+    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+    delay.mul_f64(0.5 + fraction / 2.0)
+}
+
+/// Displays an error with its sources: `a: b: c`.
+struct Chain<'a>(&'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
