@@ -1,9 +1,15 @@
 //! Process-wide logging: human-readable text by default, one JSON object per line with
-//! `--log-format json`, levels from `--log-level` or `RUST_LOG` (the same filter syntax).
+//! `--log-format json`, levels from `--log-level` or `RUST_LOG` (the same filter syntax), and a
+//! handle to change the filter at runtime (the node proxy's `/logging` admin endpoint).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
@@ -17,24 +23,79 @@ pub(crate) struct LogArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
-pub(crate) fn init(args: &LogArgs) -> anyhow::Result<()> {
-    let filter = match &args.log_level {
-        Some(level) => {
-            EnvFilter::try_new(level).with_context(|| format!("bad --log-level {level:?}"))?
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+impl LogArgs {
+    pub(crate) fn is_json(&self) -> bool {
+        self.log_format == LogFormat::Json
     }
-    .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// Reads and replaces the active log filter.
+#[derive(Clone)]
+pub(crate) struct LogHandle {
+    reload: reload::Handle<EnvFilter, Registry>,
+    current: Arc<std::sync::Mutex<String>>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("current", &self.current())
+            .finish()
+    }
+}
+
+impl LogHandle {
+    pub(crate) fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Installs `filter` (full filter syntax); returns it back, or why it was refused.
+    pub(crate) fn set(&self, filter: &str) -> Result<String, String> {
+        let parsed =
+            EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
+        self.reload
+            .reload(parsed)
+            .map_err(|e| format!("cannot change the filter: {e}"))?;
+        if let Ok(mut current) = self.current.lock() {
+            filter.clone_into(&mut current);
+        }
+        Ok(filter.to_owned())
+    }
+}
+
+pub(crate) fn init(args: &LogArgs) -> anyhow::Result<LogHandle> {
+    let text = match &args.log_level {
+        Some(level) => level.clone(),
+        None => std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "info".to_owned()),
+    };
+    let filter = EnvFilter::try_new(&text).with_context(|| format!("bad log filter {text:?}"))?;
+    let (filter, reload) = reload::Layer::new(filter);
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match args.log_format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(LogHandle {
+        reload,
+        current: Arc::new(std::sync::Mutex::new(text)),
+    })
 }

@@ -30,18 +30,24 @@ enum Command {
     Control(Box<cmd::control::ControlArgs>),
     /// Show what the control plane serves: workloads, pods, services, policies.
     Config(cmd::config::ConfigArgs),
+    /// Run the node proxy: the HBONE mTLS data path for this node's pods (ztunnel's role).
+    Node(Box<cmd::node::NodeArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(&cli.log) {
-        eprintln!("ambit: {e:#}");
-        return ExitCode::from(2);
-    }
+    let log = match logging::init(&cli.log) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("ambit: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Ca(command) => cmd::ca::run(command),
         Command::Control(args) => cmd::control::run(*args),
         Command::Config(args) => cmd::config::run(args),
+        Command::Node(args) => cmd::node::run(*args, log, cli.log.is_json()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

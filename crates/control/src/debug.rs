@@ -7,12 +7,17 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use ambit_identity::SpiffeId;
+use ambit_model::authz::{Connection, PolicyIndex};
 use ambit_model::{ClusterState, MeshSnapshot};
+use ambit_proto::security::{Action, Authorization, Scope};
 use ambit_proto::workload::{TunnelProtocol, Workload, WorkloadStatus};
 use ambit_xds::server::ServerStats;
+use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use crate::ca_service::CaStats;
+use crate::http::Reply;
 
 /// `/debug/workloads`: every served workload, plus pods not served and why.
 pub(crate) fn workloads(snapshot: &MeshSnapshot) -> Value {
@@ -89,8 +94,9 @@ pub(crate) fn services(snapshot: &MeshSnapshot) -> Value {
     json!({"services": services})
 }
 
-/// `/debug/policies`: the security objects as read.
-pub(crate) fn policies(state: &ClusterState) -> Value {
+/// `/debug/policies`: the security objects as read, the `istio.security.Authorization`
+/// resources they became (served, and dry-run ones kept back), and every issue found.
+pub(crate) fn policies(state: &ClusterState, snapshot: &MeshSnapshot) -> Value {
     let authz: Vec<Value> = state
         .authorization_policies
         .iter()
@@ -119,7 +125,191 @@ pub(crate) fn policies(state: &ClusterState) -> Value {
             })
         })
         .collect();
-    json!({"policies": authz.into_iter().chain(peer).collect::<Vec<_>>()})
+    let translated = |resources: &std::collections::BTreeMap<String, Authorization>,
+                      dry_run: bool| {
+        resources
+            .iter()
+            .map(move |(key, a)| authorization(key, a, dry_run))
+            .collect::<Vec<_>>()
+    };
+    let mut authorizations = translated(&snapshot.authorizations, false);
+    authorizations.extend(translated(&snapshot.dry_run_authorizations, true));
+    let issues: Vec<Value> = snapshot
+        .policy_issues
+        .iter()
+        .map(|i| {
+            json!({
+                "kind": i.kind.to_string(),
+                "namespace": i.namespace,
+                "name": i.name,
+                "message": i.message,
+            })
+        })
+        .collect();
+    json!({
+        "policies": authz.into_iter().chain(peer).collect::<Vec<_>>(),
+        "authorizations": authorizations,
+        "issues": issues,
+    })
+}
+
+fn authorization(key: &str, a: &Authorization, dry_run: bool) -> Value {
+    let scope = Scope::try_from(a.scope).map_or("UNKNOWN", |s| s.as_str_name());
+    let action = Action::try_from(a.action).map_or("UNKNOWN", |s| s.as_str_name());
+    json!({
+        "name": key,
+        "scope": scope,
+        "action": action,
+        "rules": a.rules.len(),
+        "served": !dry_run,
+        "dryRun": dry_run,
+    })
+}
+
+/// `/debug/authorize?src=<spiffe id, or empty for plaintext>&src_ip=<ip>&dst=<workload uid or
+/// ip>&port=<port>`: the decision the destination's node proxy would take, with every policy
+/// considered (dry-run ones included) and whether it matched.
+pub(crate) fn authorize(snapshot: &MeshSnapshot, query: Option<&str>) -> Reply {
+    match authorize_json(snapshot, query.unwrap_or_default()) {
+        Ok(value) => Reply::json(&value),
+        Err(message) => Reply::text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{message}\nusage: /debug/authorize?src=<spiffe id, empty for plaintext>&src_ip=<ip>&dst=<workload uid or ip>&port=<port>\n"
+            ),
+        ),
+    }
+}
+
+fn authorize_json(snapshot: &MeshSnapshot, query: &str) -> Result<Value, String> {
+    let params = query_params(query)?;
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let src: Option<SpiffeId> = match param("src").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(s.parse().map_err(|e| format!("src {s:?}: {e}"))?),
+    };
+    let dst = param("dst").ok_or("dst is required")?;
+    let port: u16 = param("port")
+        .ok_or("port is required")?
+        .parse()
+        .map_err(|_| "port must be a number from 0 to 65535".to_owned())?;
+    let dst_ip_given = dst.parse::<IpAddr>().ok();
+    let workload = match dst_ip_given {
+        Some(ip) => snapshot
+            .workloads
+            .values()
+            .find(|w| w.addresses.iter().any(|a| ip_of(a) == Some(ip))),
+        None => snapshot.workloads.get(dst),
+    }
+    .ok_or_else(|| format!("dst {dst:?} is no workload's uid or address"))?;
+    let dst_ip = match dst_ip_given.or_else(|| workload.addresses.first().and_then(|a| ip_of(a))) {
+        Some(ip) => ip,
+        None => return Err(format!("workload {} has no address", workload.uid)),
+    };
+    let src_ip = match param("src_ip") {
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .map_err(|_| format!("src_ip {ip:?} is not an IP address"))?,
+        None => src
+            .as_ref()
+            .and_then(|id| {
+                snapshot.workloads.values().find(|w| {
+                    w.namespace == id.namespace()
+                        && w.service_account == id.service_account()
+                        && w.trust_domain == id.trust_domain().as_str()
+                })
+            })
+            .and_then(|w| w.addresses.first().and_then(|a| ip_of(a)))
+            .ok_or("src_ip is required (no workload has the src identity to take it from)")?,
+    };
+    let conn = Connection {
+        src_ip,
+        src_identity: src.as_ref(),
+        dst_ip,
+        dst_port: port,
+    };
+    let index = PolicyIndex::from_snapshot(snapshot);
+    let evaluated = snapshot.with_dry_run(workload);
+    let trace = index.trace(&evaluated, &conn);
+    let policies: Vec<Value> = trace
+        .policies
+        .iter()
+        .map(|e| {
+            json!({
+                "policy": e.policy,
+                "action": e.action.map(|a| a.to_string()),
+                "scope": e.scope.map(|s| s.to_string()),
+                "dryRun": e.dry_run,
+                "found": e.action.is_some(),
+                "matched": e.matched_rule.is_some(),
+                "matchedRule": e.matched_rule,
+                "warnings": e.warnings,
+            })
+        })
+        .collect();
+    let d = &trace.decision;
+    Ok(json!({
+        "connection": {
+            "src": src.as_ref().map(SpiffeId::as_str),
+            "srcIp": src_ip.to_string(),
+            "dst": workload.uid,
+            "dstIp": dst_ip.to_string(),
+            "port": port,
+        },
+        "allowed": d.allowed,
+        "policy": d.policy,
+        "reason": d.to_string(),
+        "dryRunDenials": d.dry_run_denials,
+        "policies": policies,
+    }))
+}
+
+/// `k=v&k=v` with percent-decoding (and `+` as space), as browsers and curl send it.
+fn query_params(query: &str) -> Result<Vec<(String, String)>, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next(), bytes.next()];
+                let digits = hex
+                    .iter()
+                    .map(|d| d.and_then(|d| (d as char).to_digit(16)))
+                    .collect::<Option<Vec<u32>>>();
+                match digits.as_deref() {
+                    Some([hi, lo]) => out.push((hi * 16 + lo) as u8),
+                    _ => return Err(format!("bad percent-encoding in {s:?}")),
+                }
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
 }
 
 /// `/metrics`, in Prometheus text format.

@@ -16,7 +16,7 @@ use hyper::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, BootstrapTokens};
 use crate::ca_service::CaService;
@@ -163,11 +163,15 @@ impl ControlPlane {
 
         let store = Store::new();
         let first = Arc::new(state.read(|s| translate(s, &config.mesh)));
+        // Policies before addresses: a workload should never list a policy not yet served.
+        store.replace_all(
+            ambit_proto::AUTHORIZATION_TYPE_URL,
+            resources::authorizations(&first),
+        );
         store.replace_all(
             ambit_proto::ADDRESS_TYPE_URL,
             resources::addresses(&first, &config.mesh),
         );
-        store.replace_all(ambit_proto::AUTHORIZATION_TYPE_URL, Vec::new());
         let (snapshot_tx, snapshot) = watch::channel(first);
         tasks.spawn(translate_loop(
             state.clone(),
@@ -303,11 +307,17 @@ async fn translate_loop(
                 Ok(Ok(())) => {}
             }
         }
+        let started = tokio::time::Instant::now();
         let snapshot = Arc::new(state.read(|s| translate(s, &mesh)));
+        let translated = started.elapsed();
+        let addresses = resources::addresses(&snapshot, &mesh);
+        let encoded = started.elapsed();
         store.replace_all(
-            ambit_proto::ADDRESS_TYPE_URL,
-            resources::addresses(&snapshot, &mesh),
+            ambit_proto::AUTHORIZATION_TYPE_URL,
+            resources::authorizations(&snapshot),
         );
+        store.replace_all(ambit_proto::ADDRESS_TYPE_URL, addresses);
+        debug!(?translated, ?encoded, total = ?started.elapsed(), "mesh translated and stored");
         snapshot_tx.send_replace(snapshot);
     }
 }
@@ -318,7 +328,7 @@ fn monitoring_handler(
     xds: Arc<ambit_xds::server::ServerStats>,
     ca: Arc<crate::ca_service::CaStats>,
 ) -> Handler {
-    Arc::new(move |path, _query| {
+    Arc::new(move |path, query| {
         let snap = snapshot.borrow().clone();
         match path {
             "/ready" | "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
@@ -330,7 +340,8 @@ fn monitoring_handler(
             "/debug/workloads" => Reply::json(&debug::workloads(&snap)),
             "/debug/pods" => Reply::json(&debug::pods(&snap)),
             "/debug/services" => Reply::json(&debug::services(&snap)),
-            "/debug/policies" => Reply::json(&state.read(debug::policies)),
+            "/debug/policies" => Reply::json(&state.read(|s| debug::policies(s, &snap))),
+            "/debug/authorize" => debug::authorize(&snap, query),
             other => Reply::not_found(other),
         }
     })

@@ -150,3 +150,20 @@ async fn run_polls_the_directory() {
     std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
     ambit_testkit::eventually!(observe = pods(&state), |p| p.is_empty());
 }
+
+#[test]
+fn an_object_defined_in_two_files_stays_until_both_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = SharedState::new();
+    let mut source = DirSource::new(dir.path());
+    write(&dir.path().join("one.yaml"), &pod("a", "10.0.0.1"));
+    write(&dir.path().join("two.yaml"), &pod("a", "10.0.0.1"));
+    source.scan(&state);
+    assert_eq!(pods(&state), ["demo/a"]);
+    std::fs::remove_file(dir.path().join("one.yaml")).unwrap();
+    source.scan(&state);
+    assert_eq!(pods(&state), ["demo/a"], "still defined by two.yaml");
+    std::fs::remove_file(dir.path().join("two.yaml")).unwrap();
+    assert!(source.scan(&state).changed);
+    assert!(pods(&state).is_empty());
+}

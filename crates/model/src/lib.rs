@@ -11,6 +11,7 @@
 //! - Policy fields this version cannot enforce are kept (see [`istio`]) so the translation can fail
 //!   closed on them rather than drop them.
 
+pub mod authz;
 pub mod enroll;
 pub mod istio;
 pub mod manifest;
@@ -20,4 +21,4 @@ pub mod translate;
 
 pub use objects::{Kind, Object, ObjectError, ObjectKey};
 pub use state::ClusterState;
-pub use translate::{MeshConfig, MeshSnapshot, PodReport, translate};
+pub use translate::{MeshConfig, MeshSnapshot, PodReport, PolicyIssue, translate};

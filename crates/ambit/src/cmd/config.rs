@@ -22,7 +22,7 @@ pub(crate) struct ConfigArgs {
     output: Output,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 enum What {
     /// Workloads served over WDS: addresses, protocol (HBONE or NONE), identity, node.
     Workloads,
@@ -30,7 +30,8 @@ enum What {
     Pods,
     /// Services: hostnames, VIPs, ports and how many workloads back them.
     Services,
-    /// AuthorizationPolicies and PeerAuthentications as read.
+    /// AuthorizationPolicies and PeerAuthentications as read, the istio.security.Authorization
+    /// resources served for them, and what could not be enforced as written.
     Policies,
 }
 
@@ -120,7 +121,52 @@ pub(crate) fn run(args: ConfigArgs) -> anyhow::Result<()> {
             )
         );
     }
+    if args.what == What::Policies {
+        print_policy_sections(&value);
+    }
     Ok(())
+}
+
+/// The translated resources and the issues, below the policies table.
+fn print_policy_sections(value: &Value) {
+    let section = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+            .cloned()
+    };
+    if let Some(authorizations) = section("authorizations") {
+        println!("\nserved as istio.security.Authorization:");
+        print!(
+            "{}",
+            table(
+                &authorizations,
+                &[
+                    ("NAME", "name"),
+                    ("SCOPE", "scope"),
+                    ("ACTION", "action"),
+                    ("RULES", "rules"),
+                    ("SERVED", "served"),
+                ]
+            )
+        );
+    }
+    if let Some(issues) = section("issues") {
+        println!("\nnot enforced as written:");
+        print!(
+            "{}",
+            table(
+                &issues,
+                &[
+                    ("KIND", "kind"),
+                    ("NAMESPACE", "namespace"),
+                    ("NAME", "name"),
+                    ("ISSUE", "message"),
+                ]
+            )
+        );
+    }
 }
 
 fn table(items: &[Value], columns: &[(&str, &str)]) -> String {

@@ -3,3 +3,4 @@
 pub(crate) mod ca;
 pub(crate) mod config;
 pub(crate) mod control;
+pub(crate) mod node;

@@ -6,10 +6,11 @@
 //! source contributed before — objects added, changed and removed as the files were.
 //!
 //! Bad input never loses state: a document that fails to parse is reported with its file,
-//! document index, line and the field at fault, and while a file has errors, the objects it
-//! produced when it was last good are kept, so one typo does not un-mesh a pod.
+//! document index, line and the field at fault, and while a file has errors, every object it
+//! defined when it was last good is kept, so one typo (or a half-written save) does not un-mesh
+//! a pod.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -21,12 +22,16 @@ use tracing::{debug, info, warn};
 use crate::SharedState;
 
 /// Polls a manifest directory and mirrors it into the shared state.
+///
+/// It keeps no copy of the objects (the shared state has them): per file, only the keys each
+/// document produced, and per key how many files define it, so an edit costs the size of the
+/// edited file, not of the whole directory.
 #[derive(Debug)]
 pub struct DirSource {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
-    /// What this source last put into the shared state, so removals can be computed.
-    applied: BTreeMap<ObjectKey, Object>,
+    /// How many files currently define each key (a key defined twice is kept until both go).
+    owners: HashMap<ObjectKey, usize>,
 }
 
 /// A problem with one document of one file.
@@ -52,8 +57,15 @@ pub struct Scan {
 #[derive(Debug)]
 struct FileState {
     fingerprint: (SystemTime, u64),
-    /// Objects by document index, as last successfully parsed.
-    documents: BTreeMap<usize, Vec<Object>>,
+    /// Keys of the objects this file defines, as of its last successful read of each document.
+    keys: BTreeSet<ObjectKey>,
+}
+
+/// What reading one file produced.
+struct FileRead {
+    objects: Vec<Object>,
+    /// Whether every document parsed; if not, the file's previous keys are all kept.
+    complete: bool,
 }
 
 impl DirSource {
@@ -61,7 +73,7 @@ impl DirSource {
         Self {
             root: root.into(),
             files: BTreeMap::new(),
-            applied: BTreeMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -89,13 +101,14 @@ impl DirSource {
             };
             self = source;
             if scan.changed {
-                info!(dir = %self.root.display(), objects = self.applied.len(), "manifests changed");
+                info!(dir = %self.root.display(), objects = self.owners.len(), "manifests changed");
             }
         }
     }
 
     /// Reads whatever changed on disk and applies the difference to `state`.
     pub fn scan(&mut self, state: &SharedState) -> Scan {
+        let started = std::time::Instant::now();
         let mut scan = Scan::default();
         let present = match list_files(&self.root) {
             Ok(files) => files,
@@ -111,7 +124,21 @@ impl DirSource {
                 return scan;
             }
         };
-        self.files.retain(|path, _| present.contains_key(path));
+
+        // Work out every change first, then apply them under one lock and one generation bump.
+        let mut upserts: Vec<Object> = Vec::new();
+        let mut released: Vec<ObjectKey> = Vec::new();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(file) = self.files.remove(&path) {
+                released.extend(file.keys);
+            }
+        }
         for (path, fingerprint) in present {
             if self
                 .files
@@ -120,63 +147,66 @@ impl DirSource {
             {
                 continue;
             }
-            let previous = self
-                .files
-                .remove(&path)
-                .map(|f| f.documents)
-                .unwrap_or_default();
-            let documents = read_file(&path, previous, &mut scan.issues);
-            self.files.insert(
-                path,
-                FileState {
-                    fingerprint,
-                    documents,
-                },
-            );
+            let mut file = self.files.remove(&path).unwrap_or(FileState {
+                fingerprint,
+                keys: BTreeSet::new(),
+            });
+            file.fingerprint = fingerprint;
+            let read = read_file(&path, &mut scan.issues);
+            let keys: BTreeSet<ObjectKey> =
+                read.objects.iter().filter_map(|o| o.key().ok()).collect();
+            if read.complete {
+                released.extend(file.keys.difference(&keys).cloned());
+                for key in keys.difference(&file.keys) {
+                    *self.owners.entry(key.clone()).or_default() += 1;
+                }
+                file.keys = keys;
+            } else {
+                // Mid-edit: keep every key the file had; add the ones that now parse.
+                for key in keys {
+                    if file.keys.insert(key.clone()) {
+                        *self.owners.entry(key).or_default() += 1;
+                    }
+                }
+            }
+            upserts.extend(read.objects);
+            self.files.insert(path, file);
         }
         report(&scan.issues);
 
-        let desired = self.desired();
-        scan.changed = state.update(|cluster| {
-            let mut changed = false;
-            for key in self.applied.keys().filter(|k| !desired.contains_key(*k)) {
-                changed |= cluster.delete(key);
-            }
-            for (key, object) in &desired {
-                if self.applied.get(key) != Some(object) {
-                    // Keys were checked when the document was parsed, so apply cannot fail here;
-                    // if it did, the object is simply not served and the next scan retries.
-                    changed |= cluster.apply(object.clone()).unwrap_or(false);
-                }
-            }
-            changed
-        });
-        self.applied = desired;
-        scan
-    }
-
-    fn desired(&self) -> BTreeMap<ObjectKey, Object> {
-        let mut desired = BTreeMap::new();
-        for (path, file) in &self.files {
-            for object in file.documents.values().flatten() {
-                let Ok(key) = object.key() else { continue };
-                if desired.insert(key.clone(), object.clone()).is_some() {
-                    warn!(file = %path.display(), object = %key, "object defined more than once; the last definition wins");
+        let mut deletions = Vec::new();
+        for key in released {
+            if let Some(count) = self.owners.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.owners.remove(&key);
+                    deletions.push(key);
                 }
             }
         }
-        desired
+        if upserts.is_empty() && deletions.is_empty() {
+            return scan;
+        }
+        scan.changed = state.update(|cluster| {
+            let mut changed = false;
+            for key in &deletions {
+                changed |= cluster.delete(key);
+            }
+            for object in upserts {
+                // Keys were checked when the document was parsed, so apply cannot fail here.
+                changed |= cluster.apply(object).unwrap_or(false);
+            }
+            changed
+        });
+        if scan.changed {
+            debug!(elapsed = ?started.elapsed(), "manifest scan applied changes");
+        }
+        scan
     }
 }
 
-/// Parses one file. If any document fails, the file is treated as mid-edit: every document
-/// keeps its last good objects unless it now parses, so a truncated or garbled save never
-/// withdraws what the file served.
-fn read_file(
-    path: &Path,
-    previous: BTreeMap<usize, Vec<Object>>,
-    issues: &mut Vec<ManifestIssue>,
-) -> BTreeMap<usize, Vec<Object>> {
+/// Parses one file. Documents that fail are reported; the caller keeps what they defined.
+fn read_file(path: &Path, issues: &mut Vec<ManifestIssue>) -> FileRead {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
@@ -186,21 +216,24 @@ fn read_file(
                 line: 0,
                 message: format!("cannot read: {e}"),
             });
-            return previous;
+            return FileRead {
+                objects: Vec::new(),
+                complete: false,
+            };
         }
     };
-    let mut documents = BTreeMap::new();
-    let mut failed = false;
+    let mut read = FileRead {
+        objects: Vec::new(),
+        complete: true,
+    };
     for doc in manifest::parse(&text) {
         match doc.result {
-            Ok(objects) => {
-                documents.insert(doc.index, objects);
-            }
+            Ok(objects) => read.objects.extend(objects),
             Err(e) if e.is_unsupported_kind() => {
                 debug!(file = %path.display(), document = doc.index, "skipped: {e}")
             }
             Err(e) => {
-                failed = true;
+                read.complete = false;
                 issues.push(ManifestIssue {
                     file: path.to_owned(),
                     document: doc.index,
@@ -210,12 +243,7 @@ fn read_file(
             }
         }
     }
-    if failed {
-        let mut merged = previous;
-        merged.extend(documents);
-        return merged;
-    }
-    documents
+    read
 }
 
 fn report(issues: &[ManifestIssue]) {

@@ -5,17 +5,22 @@
 //!
 //! Resource names follow istiod, so a stock ztunnel sees the names it expects:
 //! workloads are named by their uid (`<cluster>//Pod/<namespace>/<name>`), services by
-//! `<namespace>/<hostname>`.
+//! `<namespace>/<hostname>`, authorizations by `<namespace>/<name>` (see [`policy`] and
+//! [`peer_auth`] for how AuthorizationPolicies and PeerAuthentications become them).
 
+pub mod peer_auth;
+pub mod policy;
 mod service;
 mod workload;
 
 use std::collections::BTreeMap;
 
 use ambit_identity::TrustDomain;
+use ambit_proto::security::{Authorization, Scope};
 use ambit_proto::workload::{Address, Service, Workload, address};
 
 use crate::enroll::Enrollment;
+use crate::objects::Kind;
 use crate::state::ClusterState;
 
 /// Mesh-wide settings the translation needs.
@@ -56,6 +61,34 @@ pub struct MeshSnapshot {
     pub services: BTreeMap<String, Service>,
     /// Every pod seen, with its enrollment decision or why it is not served.
     pub pods: Vec<PodReport>,
+    /// `istio.security.Authorization` resources to serve, by `<namespace>/<name>`.
+    pub authorizations: BTreeMap<String, Authorization>,
+    /// Dry-run policies (`istio.io/dry-run: "true"`), by `<namespace>/<name>`: translated, never
+    /// served.
+    ///
+    /// The wire has no dry-run flag Ambit can rely on yet (Ambit's `authorization.proto` has
+    /// none, and the field upstream added recently could not be verified), and a node proxy that
+    /// does not know such a flag would enforce the policy. So, as istiod does since 1.25, dry-run
+    /// policies are neither served nor listed by workloads; they are kept apart here, so nothing
+    /// that serves [`authorizations`](Self::authorizations) and [`workloads`](Self::workloads)
+    /// can leak them, and [`crate::authz::PolicyIndex::from_snapshot`] evaluates them in shadow
+    /// mode (the control plane's `/debug/authorize`).
+    pub dry_run_authorizations: BTreeMap<String, Authorization>,
+    /// The dry-run WORKLOAD_SELECTOR policies each workload (by uid) would list.
+    pub dry_run_selected: BTreeMap<String, Vec<String>>,
+    /// What could not be translated as written, per policy object.
+    pub policy_issues: Vec<PolicyIssue>,
+}
+
+/// Something in an AuthorizationPolicy or PeerAuthentication that is not enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyIssue {
+    /// [`Kind::AuthorizationPolicy`] or [`Kind::PeerAuthentication`].
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// What was found and what Ambit does instead; always says which way it errs (never open).
+    pub message: String,
 }
 
 /// How one pod was treated, for `ambit config workloads` and `/debug`.
@@ -91,21 +124,137 @@ impl MeshSnapshot {
     }
 }
 
+impl MeshSnapshot {
+    /// A workload as a dry-run evaluation sees it: listing its dry-run policies too.
+    pub fn with_dry_run(&self, workload: &Workload) -> Workload {
+        let mut w = workload.clone();
+        if let Some(names) = self.dry_run_selected.get(&w.uid) {
+            w.authorization_policies.extend(names.iter().cloned());
+        }
+        w
+    }
+}
+
 /// Computes the mesh from the cluster state.
 pub fn translate(state: &ClusterState, config: &MeshConfig) -> MeshSnapshot {
     let services = service::services(state, config);
+    let policies = Policies::new(state, config);
     let mut snapshot = MeshSnapshot {
         services,
         ..MeshSnapshot::default()
     };
     for pod in state.pods.values() {
-        let report = workload::workload(state, config, pod, &snapshot.services);
-        if let Ok(w) = &report.1 {
-            snapshot.workloads.insert(w.uid.clone(), w.clone());
+        let (report, result) = workload::workload(state, config, pod, &snapshot.services);
+        if let Ok(mut w) = result {
+            let no_labels = BTreeMap::new();
+            let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
+            let (served, dry_run) = policies.for_workload(&w.namespace, labels);
+            w.authorization_policies = served;
+            if !dry_run.is_empty() {
+                snapshot.dry_run_selected.insert(w.uid.clone(), dry_run);
+            }
+            snapshot.workloads.insert(w.uid.clone(), w);
         }
-        snapshot.pods.push(report.0);
+        snapshot.pods.push(report);
     }
+    snapshot.authorizations = policies.authorizations;
+    snapshot.dry_run_authorizations = policies.dry_run;
+    snapshot.policy_issues = policies.issues;
     snapshot
+}
+
+/// Resource name of an authorization: `<namespace>/<name>`.
+pub fn authorization_key(authorization: &Authorization) -> String {
+    format!("{}/{}", authorization.namespace, authorization.name)
+}
+
+/// Every policy of the cluster, translated, with what workloads need to list them.
+struct Policies<'a> {
+    authorizations: BTreeMap<String, Authorization>,
+    dry_run: BTreeMap<String, Authorization>,
+    issues: Vec<PolicyIssue>,
+    /// WORKLOAD_SELECTOR AuthorizationPolicies: key, namespace, labels, dry run.
+    selecting: Vec<(String, String, BTreeMap<String, String>, bool)>,
+    peer: peer_auth::PeerAuthentications<'a>,
+    root: &'a str,
+}
+
+impl<'a> Policies<'a> {
+    fn new(state: &'a ClusterState, config: &'a MeshConfig) -> Self {
+        let root = config.root_namespace.as_str();
+        let mut authorizations = BTreeMap::new();
+        let mut dry_run = BTreeMap::new();
+        let mut issues = Vec::new();
+        let mut selecting = Vec::new();
+        for ((ns, name), ap) in &state.authorization_policies {
+            let converted = policy::convert(root, ap);
+            issues.extend(converted.issues.into_iter().map(|message| PolicyIssue {
+                kind: Kind::AuthorizationPolicy,
+                namespace: ns.clone(),
+                name: name.clone(),
+                message,
+            }));
+            let Some(authorization) = converted.authorization else {
+                continue;
+            };
+            let key = authorization_key(&authorization);
+            if authorization.scope == Scope::WorkloadSelector as i32
+                && let Some(labels) = converted.selector
+            {
+                selecting.push((key.clone(), ns.clone(), labels, converted.dry_run));
+            }
+            if converted.dry_run {
+                dry_run.insert(key, authorization);
+            } else {
+                authorizations.insert(key, authorization);
+            }
+        }
+        let mut peer_issues = Vec::new();
+        let peer = peer_auth::PeerAuthentications::new(state, root, &mut peer_issues);
+        issues.extend(
+            peer_issues
+                .into_iter()
+                .map(|(namespace, name, message)| PolicyIssue {
+                    kind: Kind::PeerAuthentication,
+                    namespace,
+                    name,
+                    message,
+                }),
+        );
+        for authorization in peer.authorizations() {
+            authorizations.insert(authorization_key(&authorization), authorization);
+        }
+        Self {
+            authorizations,
+            dry_run,
+            issues,
+            selecting,
+            peer,
+            root,
+        }
+    }
+
+    /// istiod's list for a workload: the WORKLOAD_SELECTOR AuthorizationPolicies of its own or
+    /// the root namespace whose labels it carries, sorted, then the PeerAuthentication-derived
+    /// ones. Dry-run policies come back separately (never served).
+    fn for_workload(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut served, mut dry_run) = (Vec::new(), Vec::new());
+        for (key, ns, selector, dry) in &self.selecting {
+            if (ns == namespace || ns == self.root)
+                && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            {
+                if *dry { &mut dry_run } else { &mut served }.push(key.clone());
+            }
+        }
+        served.sort();
+        dry_run.sort();
+        served.extend(self.peer.workload_keys(namespace, labels));
+        (served, dry_run)
+    }
 }
 
 /// Istio's workload uid for a pod.

@@ -39,12 +39,11 @@ pub(super) fn hostname(config: &MeshConfig, namespace: &str, name: &str) -> Stri
 }
 
 fn service(config: &MeshConfig, namespace: &str, name: &str, svc: &core::Service) -> Service {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let cluster_ips = spec.cluster_ips.clone().unwrap_or_default();
-    let cluster_ips = if cluster_ips.is_empty() {
-        spec.cluster_ip.clone().into_iter().collect()
-    } else {
-        cluster_ips
+    let default_spec = core::ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+    let cluster_ips: Vec<&String> = match spec.cluster_ips.as_ref().filter(|ips| !ips.is_empty()) {
+        Some(ips) => ips.iter().collect(),
+        None => spec.cluster_ip.iter().collect(),
     };
     let addresses = cluster_ips
         .iter()

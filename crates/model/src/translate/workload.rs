@@ -47,16 +47,17 @@ fn build(
     enrolled: Enrollment,
     services: &BTreeMap<String, Service>,
 ) -> Result<Workload, String> {
-    let status = pod.status.clone().unwrap_or_default();
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return Err(format!(
-            "pod has finished (phase {})",
-            status.phase.unwrap_or_default()
-        ));
+    // Borrowed, never cloned: this runs for every pod on every translation.
+    let default_status = core::PodStatus::default();
+    let status = pod.status.as_ref().unwrap_or(&default_status);
+    if let Some(phase @ ("Succeeded" | "Failed")) = status.phase.as_deref() {
+        return Err(format!("pod has finished (phase {phase})"));
     }
-    let addresses = pod_ips(&status)?;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let addresses = pod_ips(status)?;
+    let default_spec = core::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let (workload_type, workload_name) = owner_workload(pod, name);
     let host_network = spec.host_network == Some(true);
     Ok(Workload {
@@ -77,12 +78,12 @@ fn build(
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".to_owned()),
         node: spec.node_name.clone().unwrap_or_default(),
-        canonical_name: canonical_name(&labels, &workload_name),
-        canonical_revision: canonical_revision(&labels),
+        canonical_name: canonical_name(labels, &workload_name),
+        canonical_revision: canonical_revision(labels),
         workload_type: workload_type as i32,
         workload_name,
-        services: service_ports(state, config, pod, namespace, name, &labels, services),
-        status: if is_ready(&status) {
+        services: service_ports(state, config, pod, namespace, name, labels, services),
+        status: if is_ready(status) {
             WorkloadStatus::Healthy
         } else {
             WorkloadStatus::Unhealthy

@@ -1,0 +1,189 @@
+//! `ambit node`: run the node proxy (ztunnel's role).
+//!
+//! Settings follow ztunnel's environment variables where the concept is the same
+//! (`XDS_ADDRESS`, `CA_ADDRESS`, `NODE_NAME`, `CLUSTER_ID`, …), so the DaemonSet of Istio's chart
+//! shape works unchanged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_identity::TrustDomain;
+use ambit_node::admin::{self, Admin, LogControl};
+use ambit_node::config::{
+    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, ListenerConfig,
+};
+use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
+use ambit_node::{NodeConfig, NodeProxy};
+use anyhow::Context;
+use clap::Args;
+
+use crate::cmd::control::{Listen, parse_addr};
+use crate::logging::LogHandle;
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Name of the node this proxy serves (pods with this `spec.nodeName` are local).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+
+    /// Control plane WDS address (`host:port`).
+    #[arg(
+        long,
+        env = "XDS_ADDRESS",
+        default_value = "istiod.istio-system.svc:15012"
+    )]
+    xds_address: String,
+
+    /// Control plane CA address (`host:port`); defaults to the WDS address.
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+
+    /// Speak plaintext to the WDS address (a control plane's loopback port 15010).
+    #[arg(long)]
+    xds_plaintext: bool,
+
+    /// Sign workload certificates with a local CA directory instead of the control plane's CA.
+    #[arg(long, conflicts_with = "ca_address")]
+    ca_dir: Option<PathBuf>,
+
+    /// Serve a static file of workloads and services instead of following a control plane.
+    #[arg(long)]
+    local_config: Option<PathBuf>,
+
+    /// Bearer token presented to the control plane (re-read on every use).
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    token_file: PathBuf,
+
+    /// Mesh root certificate, to verify the control plane's TLS certificate.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    root_cert: PathBuf,
+
+    /// TLS name of the control plane; defaults to the host part of the address.
+    #[arg(long)]
+    server_name: Option<String>,
+
+    /// Outbound capture listener (redirected connections, SO_ORIGINAL_DST).
+    #[arg(long, default_value = "127.0.0.1:15001", value_parser = parse_addr)]
+    outbound_addr: Listen,
+
+    /// Inbound plaintext listener (connections from outside the mesh).
+    #[arg(long, default_value = "127.0.0.1:15006", value_parser = parse_addr)]
+    inbound_passthrough_addr: Listen,
+
+    /// SOCKS5 outbound listener for applications that are not redirected.
+    #[arg(long, default_value = "127.0.0.1:15080", value_parser = parse_addr)]
+    socks5_addr: Listen,
+
+    /// Port of the HBONE listener opened on each local workload address.
+    #[arg(long, default_value_t = 15008)]
+    hbone_port: u16,
+
+    #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_addr)]
+    admin_addr: Listen,
+
+    #[arg(long, default_value = "0.0.0.0:15020", value_parser = parse_addr)]
+    stats_addr: Listen,
+
+    #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_addr)]
+    readiness_addr: Listen,
+
+    /// How long open connections may finish after SIGTERM before they are closed.
+    #[arg(long, default_value_t = 30)]
+    drain_seconds: u64,
+}
+
+pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Result<()> {
+    let endpoint = |addr: &str| -> ControlPlaneEndpoint {
+        if args.xds_plaintext {
+            return ControlPlaneEndpoint::plaintext(addr);
+        }
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        ControlPlaneEndpoint::tls(
+            addr,
+            ControlPlaneTls {
+                server_name: args.server_name.clone().unwrap_or_else(|| host.to_owned()),
+                root_cert_file: args.root_cert.clone(),
+                token_file: args.token_file.clone(),
+            },
+        )
+    };
+    let source = match &args.local_config {
+        Some(path) => ConfigSource::LocalFile(path.clone()),
+        None => ConfigSource::ControlPlane(endpoint(&args.xds_address)),
+    };
+    let certificates = match (&args.ca_dir, &args.ca_address) {
+        (Some(dir), _) => CertificateSource::LocalCa(dir.clone()),
+        (None, Some(addr)) => CertificateSource::ControlPlane(endpoint(addr)),
+        (None, None) if args.xds_plaintext => anyhow::bail!(
+            "the CA is served over TLS only: pass --ca-address host:15012 or --ca-dir"
+        ),
+        (None, None) => CertificateSource::ControlPlane(endpoint(&args.xds_address)),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let telemetry = Telemetry::new(
+        metrics.clone(),
+        if json_logs {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+    );
+    let mut config = NodeConfig::new(
+        args.node_name.clone(),
+        args.trust_domain.clone(),
+        source,
+        certificates,
+    );
+    config.cluster_id = args.cluster_id.clone();
+    config.listeners = ListenerConfig {
+        outbound: args.outbound_addr.0,
+        inbound_passthrough: args.inbound_passthrough_addr.0,
+        socks5: args.socks5_addr.0,
+        hbone_port: args.hbone_port,
+    };
+    config.drain_deadline = Duration::from_secs(args.drain_seconds);
+    config.telemetry = telemetry.clone();
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = NodeProxy::start(config).await.context("cannot start the node proxy")?;
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let mut servers = Vec::new();
+        if let Some(addr) = args.stats_addr.0 {
+            servers.push(admin::serve_stats(addr, metrics.clone()).await?);
+        }
+        if let Some(addr) = args.readiness_addr.0 {
+            let view = proxy.admin_view();
+            servers.push(admin::serve_readiness(addr, Arc::new(move || view.readiness())).await?);
+        }
+        if let Some(addr) = args.admin_addr.0 {
+            let view = proxy.admin_view();
+            let (current, set) = (log.clone(), log.clone());
+            let admin = Admin {
+                telemetry: telemetry.clone(),
+                config_dump: Arc::new(move || view.config_dump()),
+                logging: LogControl::new(move || current.current(), move |filter| set.set(filter)),
+                shutdown: shutdown.clone(),
+            };
+            servers.push(admin::serve_admin(addr, admin).await?);
+        }
+        tracing::info!(node = %args.node_name, servers = ?servers.iter().map(|s| s.local_addr()).collect::<Vec<_>>(), "node proxy started");
+
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+            () = shutdown.notified() => tracing::info!("/quitquitquit: draining"),
+        }
+        let aborted = proxy.drain(Duration::from_secs(args.drain_seconds)).await;
+        tracing::info!(aborted, "drained; exiting");
+        Ok(())
+    })
+}

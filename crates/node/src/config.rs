@@ -1,0 +1,215 @@
+//! What `ambit node` is told: who it is, where its configuration and certificates come from,
+//! where it listens, and how patient it is.
+//!
+//! Everything here is plain data, already typed (a [`TrustDomain`], socket addresses, paths):
+//! the binary parses flags into a [`NodeConfig`] and [`crate::NodeProxy::start`] never
+//! re-checks strings.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_identity::TrustDomain;
+
+use crate::telemetry::{LogFormat, Metrics, Telemetry};
+
+/// The port HBONE is served on and dialed at, on every workload address (Istio's 15008).
+pub const HBONE_PORT: u16 = 15008;
+
+/// Everything a node proxy needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Kubernetes node this proxy serves: workloads whose `node` is this name are local.
+    pub node_name: String,
+    /// Istio's `CLUSTER_ID`, reported in metrics and `Baggage`.
+    pub cluster_id: String,
+    /// Trust domain of identities whose workload resource names none.
+    pub trust_domain: TrustDomain,
+    /// Where workloads, services and policies come from.
+    pub source: ConfigSource,
+    /// Where workload certificates come from.
+    pub certificates: CertificateSource,
+    pub listeners: ListenerConfig,
+    /// The port dialed on a destination workload for HBONE. Always 15008 against Istio; a test
+    /// may point it elsewhere to put a relay on the path.
+    pub peer_hbone_port: u16,
+    /// How long [`crate::NodeProxy::drain`] lets open connections finish, unless told otherwise.
+    pub drain_deadline: Duration,
+    pub timeouts: Timeouts,
+    pub pool: PoolConfig,
+    /// Where access logs and metrics go; share it with the admin and stats servers.
+    pub telemetry: Telemetry,
+}
+
+/// Where the mesh configuration comes from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ConfigSource {
+    /// WDS (delta xDS) from a control plane: `ambit control` or istiod.
+    ControlPlane(ControlPlaneEndpoint),
+    /// A static file of workloads and services (YAML or JSON, see [`crate::local_config`]):
+    /// no control plane at all.
+    LocalFile(PathBuf),
+}
+
+/// How to reach a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneEndpoint {
+    /// `host:port`: plaintext WDS on 15010, or TLS on 15012.
+    pub addr: String,
+    /// `None` for plaintext (loopback only; the CA is not served there).
+    pub tls: Option<ControlPlaneTls>,
+}
+
+/// TLS and authentication towards the control plane's 15012 port.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneTls {
+    /// DNS name the control plane's certificate must carry, e.g. `istiod.istio-system.svc`.
+    pub server_name: String,
+    /// PEM file of the mesh root certificate(s): trust for the control plane and for HBONE peers.
+    pub root_cert_file: PathBuf,
+    /// File holding the bearer token (a bootstrap token or a service-account JWT); re-read on
+    /// every connection so rotated tokens are picked up.
+    pub token_file: PathBuf,
+}
+
+/// Where workload certificates come from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CertificateSource {
+    /// `IstioCertificateService` of a control plane; the endpoint must use TLS.
+    ControlPlane(ControlPlaneEndpoint),
+    /// An in-process CA in Istio's plug-in layout (single host, no control plane).
+    LocalCa(PathBuf),
+    /// No certificates: every HBONE connection fails closed; only plaintext passthrough works.
+    None,
+}
+
+/// The listeners of the proxy's own network namespace (shared mode). `None` disables one.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// 15001: redirected outbound connections (`SO_ORIGINAL_DST`).
+    pub outbound: Option<SocketAddr>,
+    /// 15006: plaintext from outside the mesh, redirected to local workloads.
+    pub inbound_passthrough: Option<SocketAddr>,
+    /// 15080: SOCKS5 CONNECT, for hosts without redirection and for tests.
+    pub socks5: Option<SocketAddr>,
+    /// Port of the HBONE listener bound on each local workload's address (15008).
+    pub hbone_port: u16,
+}
+
+/// Bounds on waiting, so a stalled peer costs a timer, not a task forever.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect to an application or a peer proxy.
+    pub connect: Duration,
+    /// TLS, HTTP/2 and SOCKS5 handshakes, and the wait for a CONNECT response.
+    pub handshake: Duration,
+    /// A proxied connection with no byte in either direction for this long is closed.
+    pub idle: Duration,
+    /// How long an outbound connection waits for an on-demand lookup of an unknown address.
+    pub on_demand: Duration,
+    /// An inbound HBONE connection without any stream for this long is closed.
+    pub hbone_idle: Duration,
+}
+
+/// The outbound HBONE connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Streams carried by one HTTP/2 connection before another is opened.
+    pub max_streams_per_connection: usize,
+    /// A pooled connection without streams for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+// === impl NodeConfig ===
+
+impl NodeConfig {
+    /// A configuration with Istio's ports on loopback and default timeouts.
+    pub fn new(
+        node_name: impl Into<String>,
+        trust_domain: TrustDomain,
+        source: ConfigSource,
+        certificates: CertificateSource,
+    ) -> Self {
+        Self {
+            node_name: node_name.into(),
+            cluster_id: "Kubernetes".to_owned(),
+            trust_domain,
+            source,
+            certificates,
+            listeners: ListenerConfig::default(),
+            peer_hbone_port: HBONE_PORT,
+            drain_deadline: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
+            pool: PoolConfig::default(),
+            telemetry: Telemetry::new(Arc::new(Metrics::new()), LogFormat::default()),
+        }
+    }
+}
+
+impl ControlPlaneEndpoint {
+    /// Plaintext WDS (15010): loopback use only.
+    pub fn plaintext(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            tls: None,
+        }
+    }
+
+    /// WDS and CA over TLS (15012) with a bearer token.
+    pub fn tls(addr: impl Into<String>, tls: ControlPlaneTls) -> Self {
+        Self {
+            addr: addr.into(),
+            tls: Some(tls),
+        }
+    }
+}
+
+impl Default for ListenerConfig {
+    /// Istio's ports on `127.0.0.1`.
+    fn default() -> Self {
+        let on = |port| Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        Self {
+            outbound: on(15001),
+            inbound_passthrough: on(15006),
+            socks5: on(15080),
+            hbone_port: HBONE_PORT,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Every listener on `ip` with a kernel-chosen port (tests).
+    pub fn ephemeral(ip: std::net::IpAddr) -> Self {
+        let any = Some(SocketAddr::new(ip, 0));
+        Self {
+            outbound: any,
+            inbound_passthrough: any,
+            socks5: any,
+            hbone_port: HBONE_PORT,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(3600),
+            on_demand: Duration::from_millis(500),
+            hbone_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}

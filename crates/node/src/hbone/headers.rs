@@ -1,0 +1,153 @@
+//! The metadata headers of an HBONE CONNECT, in ztunnel's formats.
+//!
+//! - `Forwarded: for="<src ip:port>"` (`;host=<service hostname>` when a service was addressed):
+//!   who the tunnel is for, since the tunnel's own TCP source is the proxy.
+//! - `Baggage: k8s.cluster.name=…,k8s.namespace.name=…,k8s.<type>.name=…,service.name=…,
+//!   service.version=…`: the source workload, for the destination's telemetry.
+//! - `Traceparent: 00-<32 hex>-<16 hex>-00` (W3C trace context), fresh random ids.
+//!
+//! Values come from WDS, so they are built with [`HeaderValue::from_str`] and a value that is not
+//! valid header text is left out rather than sent mangled.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+use crate::state::Workload;
+
+pub(crate) const BAGGAGE: &str = "baggage";
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// `Forwarded` for a connection from `src`, addressed to `service_host` if any.
+pub(crate) fn forwarded(src: SocketAddr, service_host: Option<&str>) -> Option<HeaderValue> {
+    let value = match service_host {
+        Some(host) => format!("for=\"{src}\";host={host}"),
+        None => format!("for=\"{src}\""),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The `for=` address of a `Forwarded` value, if it names an IP (and port).
+pub(crate) fn forwarded_for(value: &HeaderValue) -> Option<SocketAddr> {
+    let text = value.to_str().ok()?;
+    // The last element is the hop nearest to us; each is `;`-separated pairs.
+    let element = text.rsplit(',').next()?;
+    element.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        if !key.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        value.parse::<SocketAddr>().ok().or_else(|| {
+            value
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 0))
+        })
+    })
+}
+
+/// `Baggage` describing the source workload.
+pub(crate) fn baggage(cluster_id: &str, source: &Workload) -> Option<HeaderValue> {
+    let cluster = if source.cluster_id.is_empty() {
+        cluster_id
+    } else {
+        &source.cluster_id
+    };
+    let value = format!(
+        "k8s.cluster.name={cluster},k8s.namespace.name={ns},k8s.{kind}.name={name},\
+         service.name={app},service.version={version}",
+        ns = source.namespace,
+        kind = source.workload_type,
+        name = source.workload_name,
+        app = source.canonical_name,
+        version = source.canonical_revision,
+    );
+    HeaderValue::from_str(&value).ok()
+}
+
+/// A W3C `traceparent` starting a new trace: random trace and span ids, not sampled.
+pub(crate) fn traceparent() -> HeaderValue {
+    let mut bytes = [0u8; 24];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // A trace id is a correlation aid, not a secret: fall back to the clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+        bytes[16..].copy_from_slice(&nanos.to_be_bytes()[..8]);
+    }
+    // All-zero ids are invalid; a random draw of zero is fixed up rather than sent.
+    bytes[15] |= 1;
+    bytes[23] |= 1;
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, &bytes[..16]);
+    text.push('-');
+    push_hex(&mut text, &bytes[16..]);
+    text.push_str("-00");
+    // Only hex digits and dashes: always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00")
+    })
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_round_trips() {
+        let src: SocketAddr = "10.0.0.1:4242".parse().unwrap();
+        let value = forwarded(src, Some("echo.demo.svc.cluster.local")).unwrap();
+        assert_eq!(
+            value,
+            "for=\"10.0.0.1:4242\";host=echo.demo.svc.cluster.local"
+        );
+        assert_eq!(forwarded_for(&value), Some(src));
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(forwarded_for(&forwarded(v6, None).unwrap()), Some(v6));
+        let bare = HeaderValue::from_static("for=10.0.0.9");
+        assert_eq!(forwarded_for(&bare), Some("10.0.0.9:0".parse().unwrap()));
+        assert_eq!(
+            forwarded_for(&HeaderValue::from_static("for=unknown")),
+            None
+        );
+    }
+
+    #[test]
+    fn baggage_describes_the_source_as_ztunnel_does() {
+        let source = Workload::for_test("scraper", "10.0.0.1");
+        let value = baggage("Kubernetes", &source).unwrap();
+        assert_eq!(
+            value,
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns,k8s.deployment.name=scraper,\
+             service.name=scraper,service.version=v1"
+        );
+    }
+
+    #[test]
+    fn traceparent_is_w3c_shaped_and_fresh() {
+        let a = traceparent();
+        let b = traceparent();
+        assert_ne!(a, b);
+        let text = a.to_str().unwrap();
+        assert_eq!(text.len(), 55);
+        let parts: Vec<&str> = text.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!((parts[0], parts[3]), ("00", "00"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert!(parts[1].bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

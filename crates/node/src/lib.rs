@@ -1,0 +1,40 @@
+//! The Ambit node proxy: ztunnel's role.
+//!
+//! Carries every TCP connection of enrolled pods over HBONE (HTTP/2 CONNECT inside mutual TLS
+//! 1.3) between node proxies, enforces authorization at the destination, and makes every
+//! connection visible through access logs and Istio's metrics.
+//!
+//! Invariants:
+//! - The source pod's certificate is presented on the data path, never the proxy's own.
+//! - No byte reaches an application before the peer's identity is verified and authorized.
+//! - Configuration comes only from the control plane (or a local file); on losing it the proxy
+//!   keeps serving its last known state and cached certificates.
+//!
+//! Where things are (data path):
+//!
+//! - [`config`]: [`NodeConfig`], what `ambit node` is told.
+//! - [`proxy`]: [`NodeProxy`] (start, drain), the listeners, the outbound, inbound HBONE and
+//!   inbound passthrough paths, and [`proxy::authorize`], where policy is decided.
+//! - [`hbone`]: HBONE client, connection pool, tunnel streams and headers.
+//! - [`state`]: [`ProxyState`], the mesh as WDS (or [`local_config`]) describes it, and the
+//!   JSON snapshots behind `/config_dump`.
+//! - [`certs`]: workload certificates and the TLS configs built from them.
+//! - [`control`]: channels to the control plane, the WDS client and the CA signer.
+//! - [`telemetry`], [`admin`]: access logs, metrics, and the admin/stats/readiness servers.
+
+pub mod admin;
+pub mod telemetry;
+
+// Data path.
+pub mod certs;
+pub mod config;
+pub mod control;
+mod copy;
+pub mod hbone;
+pub mod local_config;
+pub mod proxy;
+pub mod state;
+
+pub use config::NodeConfig;
+pub use proxy::{AdminView, NodeProxy, StartError};
+pub use state::ProxyState;

@@ -1,0 +1,321 @@
+//! The node proxy as a whole: start-up, the listeners, and drain.
+//!
+//! [`NodeProxy::start`] builds the certificate source, fills the state (WDS client or local
+//! file), binds every listener of the proxy's own network namespace ([`Listeners`]) before
+//! returning, and starts the per-workload HBONE listeners (`workload_listeners`) that follow
+//! the state. Connections run as tasks tracked by the `drain` signals.
+//!
+//! Data path, shared mode:
+//!
+//! ```text
+//! app ─► 15001 (SO_ORIGINAL_DST) or 15080 (SOCKS5) ─► outbound ─► HBONE pool ══► <pod ip>:15008
+//! <pod ip>:15008 ─► inbound (TLS as the pod, HTTP/2, CONNECT) ─► authorize ─► app
+//! plaintext ─► 15006 ─► passthrough ─► authorize ─► app
+//! ```
+
+mod admin_view;
+pub mod authorize;
+pub(crate) mod conn;
+pub(crate) mod drain;
+pub(crate) mod inbound;
+mod listeners;
+pub(crate) mod outbound;
+mod passthrough;
+pub mod socket;
+mod socks5;
+mod workload_listeners;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ambit_identity::{CaConfig, CertificateAuthority, LocalSigner};
+use ambit_xds::client::ClientHandle;
+use tracing::info;
+
+pub use self::admin_view::AdminView;
+pub use self::conn::ConnInfo;
+pub use self::drain::ConnectionCounts;
+use self::drain::Drain;
+pub use self::listeners::{BoundAddrs, Listeners};
+pub use self::socket::{DefaultSocketFactory, SocketFactory};
+use crate::certs::{Certificates, NodeSigner, RootsError, read_roots};
+use crate::config::{CertificateSource, ConfigSource, NodeConfig};
+use crate::control::{self, ControlError};
+use crate::hbone::pool::Pool;
+use crate::local_config::{LocalConfig, LocalConfigError};
+use crate::state::handler::WdsHandler;
+use crate::state::{NodeInfo, ProxyState};
+use crate::telemetry::Telemetry;
+
+/// Why the node proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot bind the {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local config")]
+    LocalConfig(#[from] LocalConfigError),
+    #[error("control plane")]
+    Control(#[from] ControlError),
+    #[error("mesh root certificates")]
+    Roots(#[from] RootsError),
+    #[error("local certificate authority in {dir}")]
+    LocalCa {
+        dir: String,
+        #[source]
+        source: ambit_identity::CaError,
+    },
+}
+
+/// A running node proxy. Dropping it aborts everything at once; prefer [`NodeProxy::drain`].
+#[derive(Debug)]
+pub struct NodeProxy {
+    inputs: Arc<Inputs>,
+    addrs: BoundAddrs,
+    hbone: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>,
+}
+
+/// Everything a connection handler needs, shared by all of them.
+#[derive(Debug)]
+pub(crate) struct Inputs {
+    pub(crate) config: NodeConfig,
+    pub(crate) state: ProxyState,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) pool: Pool,
+    pub(crate) factory: Arc<dyn SocketFactory>,
+    pub(crate) xds: Option<ClientHandle>,
+    pub(crate) drain: Drain,
+    /// This proxy's own listener addresses: a connection to one of them is a loop.
+    pub(crate) own: Vec<SocketAddr>,
+}
+
+impl NodeProxy {
+    /// Starts a proxy with sockets from [`DefaultSocketFactory`].
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        Self::start_with(config, Arc::new(DefaultSocketFactory::default())).await
+    }
+
+    /// Starts a proxy creating its sockets with `factory`. Every listener of the configuration
+    /// is bound when this returns; HBONE listeners on workload addresses follow the state.
+    pub async fn start_with(
+        config: NodeConfig,
+        factory: Arc<dyn SocketFactory>,
+    ) -> Result<Self, StartError> {
+        let certificates = certificates(&config)?;
+        let state = ProxyState::new(
+            NodeInfo {
+                node_name: config.node_name.clone(),
+                cluster_id: config.cluster_id.clone(),
+                trust_domain: config.trust_domain.clone(),
+            },
+            certificates,
+        );
+        let xds = match &config.source {
+            ConfigSource::LocalFile(path) => {
+                let local = LocalConfig::load(path)?;
+                let name = path.display().to_string();
+                state.update(|mesh| local.apply(state.node(), &name, mesh))?;
+                state.mark_synced();
+                None
+            }
+            ConfigSource::ControlPlane(endpoint) => Some(control::start_wds(
+                &config,
+                endpoint,
+                WdsHandler::new(state.clone()),
+            )?),
+        };
+        let listeners = Listeners::bind(factory.as_ref(), &config.listeners)?;
+        let addrs = listeners.addrs();
+        let drain = Drain::default();
+        let inputs = Arc::new(Inputs {
+            pool: Pool::new(
+                config.pool.max_streams_per_connection,
+                config.pool.idle_timeout,
+                drain.force.clone(),
+            ),
+            telemetry: config.telemetry.clone(),
+            state,
+            factory,
+            xds,
+            own: addrs.all(),
+            drain,
+            config,
+        });
+        listeners.serve(&inputs);
+        let hbone = Arc::new(Mutex::default());
+        workload_listeners::spawn(inputs.clone(), hbone.clone());
+        spawn_metrics_sync(&inputs);
+        info!(node = %inputs.config.node_name, ?addrs, "node proxy started");
+        Ok(Self {
+            inputs,
+            addrs,
+            hbone,
+        })
+    }
+
+    /// The addresses the shared-mode listeners are bound to.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// The HBONE listeners currently bound, one per local workload address.
+    pub fn hbone_addrs(&self) -> Vec<SocketAddr> {
+        let bound = self.hbone.lock().unwrap_or_else(PoisonError::into_inner);
+        bound.values().copied().collect()
+    }
+
+    pub fn state(&self) -> &ProxyState {
+        &self.inputs.state
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inputs.telemetry
+    }
+
+    /// Proxied connections in flight.
+    pub fn open_connections(&self) -> usize {
+        self.inputs.state.connections().total()
+    }
+
+    /// Outbound HBONE connections pooled and the tunnels they carry.
+    pub fn pool_stats(&self) -> (usize, usize) {
+        self.inputs.pool.stats()
+    }
+
+    /// Whether the proxy has a complete view of the mesh and is accepting (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.admin_view().readiness().is_ok()
+    }
+
+    /// A read-only view for the admin server (`/config_dump`, `/healthz/ready`).
+    pub fn admin_view(&self) -> AdminView {
+        AdminView {
+            inputs: self.inputs.clone(),
+            hbone: self.hbone.clone(),
+        }
+    }
+
+    /// Whether the WDS stream is up (`None` without a control plane).
+    pub fn control_plane_connected(&self) -> Option<bool> {
+        self.inputs.xds.as_ref().map(ClientHandle::connected)
+    }
+
+    /// Stops accepting (every listener closes at once), lets open connections finish for up
+    /// to `deadline`, then aborts the rest; stops the WDS client. Returns how many
+    /// connections were aborted.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let aborted = self
+            .inputs
+            .drain
+            .run(deadline, self.inputs.state.connections())
+            .await;
+        if let Some(xds) = &self.inputs.xds {
+            xds.shutdown();
+        }
+        aborted
+    }
+
+    /// Drains with the configured deadline.
+    pub async fn shutdown(&self) -> usize {
+        self.drain(self.inputs.config.drain_deadline).await
+    }
+}
+
+impl Drop for NodeProxy {
+    fn drop(&mut self) {
+        self.inputs.drain.stop_accepting.cancel();
+        self.inputs.drain.force.cancel();
+        if let Some(xds) = &self.inputs.xds {
+            xds.shutdown();
+        }
+    }
+}
+
+impl Inputs {
+    /// Whether `addr` is one of this proxy's own listeners (a redirect loop).
+    pub(crate) fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.iter().any(|own| {
+            own.port() == addr.port() && (own.ip() == addr.ip() || own.ip().is_unspecified())
+        })
+    }
+}
+
+/// The certificate source of `config`, or `None` when HBONE is off.
+fn certificates(config: &NodeConfig) -> Result<Option<Certificates>, StartError> {
+    let td = vec![config.trust_domain.clone()];
+    Ok(match &config.certificates {
+        CertificateSource::None => None,
+        CertificateSource::ControlPlane(endpoint) => {
+            let Some(tls) = &endpoint.tls else {
+                return Err(ControlError::CaNeedsTls {
+                    addr: endpoint.addr.clone(),
+                }
+                .into());
+            };
+            let roots = read_roots(&tls.root_cert_file)?;
+            let client = control::ca_client(endpoint)?;
+            Some(Certificates::new(NodeSigner::Ca(client), roots, td))
+        }
+        CertificateSource::LocalCa(dir) => {
+            let ca = CertificateAuthority::load_or_init(
+                dir,
+                &CaConfig::new(config.trust_domain.clone()),
+            )
+            .map_err(|source| StartError::LocalCa {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            let roots = ca.roots().to_vec();
+            let signer = NodeSigner::Local(LocalSigner::new(Arc::new(ca)));
+            Some(Certificates::new(signer, roots, td))
+        }
+    })
+}
+
+/// Keeps the telemetry's certificate-expiry and control-plane gauges current.
+fn spawn_metrics_sync(inputs: &Arc<Inputs>) {
+    const PERIOD: Duration = Duration::from_secs(5);
+    let inputs = Arc::downgrade(inputs);
+    tokio::spawn(async move {
+        let mut known: Vec<String> = Vec::new();
+        let mut ticks = tokio::time::interval(PERIOD);
+        loop {
+            ticks.tick().await;
+            let Some(inputs) = inputs.upgrade() else {
+                return;
+            };
+            if inputs.drain.force.is_cancelled() {
+                return;
+            }
+            let metrics = inputs.telemetry.metrics();
+            if let Some(xds) = &inputs.xds
+                && let ConfigSource::ControlPlane(endpoint) = &inputs.config.source
+            {
+                metrics.set_xds_connection_state(&endpoint.addr, xds.connected());
+            }
+            let statuses = inputs
+                .state
+                .certificates()
+                .map(Certificates::snapshot)
+                .unwrap_or_default();
+            let mut current = Vec::with_capacity(statuses.len());
+            for status in statuses {
+                if let Some(not_after) = status.not_after {
+                    metrics.set_certificate_expiry(status.identity.as_str(), not_after);
+                    current.push(status.identity.to_string());
+                }
+            }
+            for gone in known.iter().filter(|id| !current.contains(id)) {
+                metrics.remove_certificate_expiry(gone);
+            }
+            known = current;
+        }
+    });
+}

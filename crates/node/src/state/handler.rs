@@ -1,0 +1,222 @@
+//! The WDS handler: turns delta-xDS updates into [`ProxyState`] changes.
+//!
+//! Each resource is decoded on its own. One that fails is left out and named in the NACK, with
+//! the decode error; the others of the same update still apply (a bad workload must not hide a
+//! good one). Removals naming an on-demand alias (`<network>/<ip>`) that the control plane does
+//! not know are remembered, so connections to that address stop waiting for it.
+
+use std::net::IpAddr;
+
+use ambit_proto::security::Authorization;
+use ambit_proto::workload::{Address, address};
+use ambit_xds::client::{Handler, Update};
+use prost::Message;
+use tracing::{debug, info, warn};
+
+use super::ProxyState;
+use super::workload::{DecodeError, Service, Workload};
+
+/// Applies `istio.workload.Address` and `istio.security.Authorization` updates.
+#[derive(Debug, Clone)]
+pub struct WdsHandler {
+    state: ProxyState,
+}
+
+/// What one update changed, for the debug log.
+#[derive(Debug, Default)]
+struct Applied {
+    upserts: usize,
+    removals: usize,
+    errors: Vec<String>,
+}
+
+impl WdsHandler {
+    pub fn new(state: ProxyState) -> Self {
+        Self { state }
+    }
+
+    fn addresses(&self, update: Update) -> Applied {
+        let td = self.state.node().trust_domain.clone();
+        let mut applied = Applied::default();
+        self.state.update(|mesh| {
+            for resource in update.upserts {
+                let decoded = Address::decode(resource.body.value.as_slice())
+                    .map_err(|e| DecodeError::Protobuf(e.to_string()))
+                    .and_then(|a| match a.r#type {
+                        Some(address::Type::Workload(w)) => {
+                            Workload::from_proto(w, &td).map(|w| Decoded::Workload(Box::new(w)))
+                        }
+                        Some(address::Type::Service(s)) => {
+                            Service::from_proto(s).map(Decoded::Service)
+                        }
+                        None => Err(DecodeError::Empty),
+                    });
+                match decoded {
+                    Ok(Decoded::Workload(w)) => mesh.insert_workload(&resource.name, *w),
+                    Ok(Decoded::Service(s)) => mesh.insert_service(&resource.name, s),
+                    Err(e) => {
+                        applied.errors.push(format!("{}: {e}", resource.name));
+                        continue;
+                    }
+                }
+                applied.upserts += 1;
+            }
+            for name in update.removals {
+                if mesh.remove(&name) {
+                    applied.removals += 1;
+                } else if let Some(ip) = alias_ip(&name) {
+                    debug!(%ip, "control plane does not know the address");
+                    mesh.mark_not_found(ip);
+                }
+            }
+        });
+        applied
+    }
+
+    fn authorizations(&self, update: Update) -> Applied {
+        let mut applied = Applied::default();
+        self.state.update(|mesh| {
+            for resource in update.upserts {
+                match Authorization::decode(resource.body.value.as_slice()) {
+                    Ok(policy) => {
+                        mesh.insert_policy(&resource.name, policy);
+                        applied.upserts += 1;
+                    }
+                    Err(e) => applied.errors.push(format!(
+                        "{}: not a valid protobuf message: {e}",
+                        resource.name
+                    )),
+                }
+            }
+            for name in update.removals {
+                applied.removals += usize::from(mesh.remove_policy(&name));
+            }
+        });
+        applied
+    }
+}
+
+enum Decoded {
+    Workload(Box<Workload>),
+    Service(Service),
+}
+
+impl Handler for WdsHandler {
+    fn handle(&self, type_url: &str, update: Update) -> Result<(), String> {
+        let initial = update.initial;
+        let applied = match type_url {
+            ambit_proto::ADDRESS_TYPE_URL => {
+                let applied = self.addresses(update);
+                if initial {
+                    self.state.mark_synced();
+                }
+                applied
+            }
+            ambit_proto::AUTHORIZATION_TYPE_URL => self.authorizations(update),
+            other => return Err(format!("unexpected type {other}")),
+        };
+        debug!(
+            type_url,
+            initial,
+            upserts = applied.upserts,
+            removals = applied.removals,
+            rejected = applied.errors.len(),
+            "applied WDS update"
+        );
+        if applied.errors.is_empty() {
+            Ok(())
+        } else {
+            let message = applied.errors.join("; ");
+            warn!(type_url, error = %message, "rejected WDS resources");
+            Err(message)
+        }
+    }
+
+    fn on_connection_state(&self, connected: bool) {
+        if connected {
+            info!("connected to the control plane");
+        } else {
+            warn!("lost the control plane; serving the last known state");
+        }
+    }
+}
+
+/// The address of an on-demand alias: `<network>/<ip>` (network may be empty).
+fn alias_ip(name: &str) -> Option<IpAddr> {
+    let (_, ip) = name.rsplit_once('/')?;
+    ip.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeInfo;
+    use ambit_proto::workload as pb;
+    use ambit_xds::Resource;
+
+    fn state() -> ProxyState {
+        ProxyState::new(
+            NodeInfo {
+                node_name: "n".into(),
+                cluster_id: "c".into(),
+                trust_domain: ambit_identity::TrustDomain::new("td").unwrap(),
+            },
+            None,
+        )
+    }
+
+    fn resource(name: &str, w: pb::Workload) -> Resource {
+        let body = Address {
+            r#type: Some(address::Type::Workload(w)),
+        };
+        Resource::new(
+            name,
+            prost_types::Any {
+                type_url: ambit_proto::ADDRESS_TYPE_URL.into(),
+                value: body.encode_to_vec(),
+            },
+        )
+    }
+
+    fn pod(uid: &str, ip: &[u8]) -> pb::Workload {
+        pb::Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "ns".into(),
+            addresses: vec![ip.to_vec()],
+            ..pb::Workload::default()
+        }
+    }
+
+    #[test]
+    fn a_bad_resource_is_nacked_and_the_good_ones_still_apply() {
+        let state = state();
+        let handler = WdsHandler::new(state.clone());
+        let garbage = Resource::new(
+            "garbage",
+            prost_types::Any {
+                type_url: ambit_proto::ADDRESS_TYPE_URL.into(),
+                value: vec![0xff, 0xff, 0xff],
+            },
+        );
+        let update = Update {
+            upserts: vec![
+                resource("good", pod("good", &[10, 0, 0, 1])),
+                resource("bad", pod("bad", &[10, 0, 0])),
+                garbage,
+            ],
+            removals: vec!["/10.9.9.9".into()],
+            initial: true,
+        };
+        let err = handler
+            .handle(ambit_proto::ADDRESS_TYPE_URL, update)
+            .unwrap_err();
+        assert!(err.contains("bad: address 0 is 3 bytes long"), "{err}");
+        assert!(
+            err.contains("garbage: not a valid protobuf message"),
+            "{err}"
+        );
+        assert!(state.workload_by_ip([10, 0, 0, 1].into()).is_some());
+        assert!(state.read(|m| m.is_not_found([10, 9, 9, 9].into())));
+    }
+}
