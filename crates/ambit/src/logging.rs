@@ -68,13 +68,15 @@ impl LogHandle {
     }
 }
 
-pub(crate) fn init(args: &LogArgs) -> anyhow::Result<LogHandle> {
+/// Installs the process's logger. The filter is `--log-level`, else `RUST_LOG`, else
+/// `default` (each command picks its own: `info` for the long-running roles).
+pub(crate) fn init(args: &LogArgs, default: &str) -> anyhow::Result<LogHandle> {
     let text = match &args.log_level {
         Some(level) => level.clone(),
         None => std::env::var("RUST_LOG")
             .ok()
             .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "info".to_owned()),
+            .unwrap_or_else(|| default.to_owned()),
     };
     let filter = EnvFilter::try_new(&text).with_context(|| format!("bad log filter {text:?}"))?;
     let (filter, reload) = reload::Layer::new(filter);

@@ -32,11 +32,18 @@ enum Command {
     Config(cmd::config::ConfigArgs),
     /// Run the node proxy: the HBONE mTLS data path for this node's pods (ztunnel's role).
     Node(Box<cmd::node::NodeArgs>),
+    /// Run a whole mesh on loopback in one process and show its traffic carried over mTLS.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = match logging::init(&cli.log) {
+    let default_filter = match cli.command {
+        // The demo's screen is its tables; only access logs and problems go to stderr.
+        Command::Demo(_) => cmd::demo::DEFAULT_LOG_FILTER,
+        _ => "info",
+    };
+    let log = match logging::init(&cli.log, default_filter) {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("ambit: {e:#}");
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cmd::control::run(*args),
         Command::Config(args) => cmd::config::run(args),
         Command::Node(args) => cmd::node::run(*args, log, cli.log.is_json()),
+        Command::Demo(args) => cmd::demo::run(args, log, cli.log.is_json()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

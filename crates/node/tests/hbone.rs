@@ -388,3 +388,44 @@ async fn pump(
     }
     let _ = to.shutdown().await;
 }
+
+/// A pod outside the mesh has no identity on the data path: even to an enrolled destination its
+/// traffic stays plain TCP (as if never captured), and its node proxy never asks the CA for a
+/// certificate in its name.
+#[tokio::test]
+async fn a_source_outside_the_mesh_gets_no_tunnel_and_no_certificate() {
+    let (mesh, ips) = mesh().await;
+    let b = mesh.node(mesh.node_config("node-b")).await;
+    wait_hbone(&b, ips.echo, 15008).await;
+
+    let _echo = echo((ips.echo, 8080).into()).await;
+    let stream = socks_connect(socks(&b), ips.legacy.into(), (ips.echo, 8080).into())
+        .await
+        .unwrap();
+    assert_eq!(echo_roundtrip(stream, b"not meshed").await, b"not meshed");
+    let plain = [
+        ("source_workload", "legacy"),
+        ("destination_workload", "echo"),
+        ("connection_security_policy", "unknown"),
+    ];
+    eventually!(
+        observe = metric(
+            &b.telemetry().metrics().render(),
+            "istio_tcp_connections_closed_total",
+            &plain
+        ),
+        |n| n == 1
+    );
+    let dump = b.admin_view().config_dump();
+    let certificates: Vec<&str> = dump["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["identity"].as_str())
+        .collect();
+    assert_eq!(
+        certificates,
+        [id("server", "echo").as_str()],
+        "only the enrolled pod on node-b has a certificate"
+    );
+}

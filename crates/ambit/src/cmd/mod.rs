@@ -3,4 +3,5 @@
 pub(crate) mod ca;
 pub(crate) mod config;
 pub(crate) mod control;
+pub(crate) mod demo;
 pub(crate) mod node;

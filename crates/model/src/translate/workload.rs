@@ -218,10 +218,7 @@ fn service_ports(
         let selector = spec
             .and_then(|s| s.selector.as_ref())
             .filter(|s| !s.is_empty());
-        let key = resource_name(namespace, &hostname(config, namespace, name));
-        if !services.contains_key(&key) {
-            continue;
-        }
+        // Cheap checks first: this loop runs for every pod × every service of its namespace.
         let ports = match selector {
             Some(selector) => {
                 if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
@@ -237,7 +234,11 @@ fn service_ports(
                 spec.and_then(|s| s.ports.as_ref()),
             ),
         };
-        if !ports.is_empty() {
+        if ports.is_empty() {
+            continue;
+        }
+        let key = resource_name(namespace, &hostname(config, namespace, name));
+        if services.contains_key(&key) {
             out.insert(key, PortList { ports });
         }
     }

@@ -159,7 +159,9 @@ async fn prepare(
             info.dst_addr = addr;
             info.dst = peer_info(&workload);
             info.dst_service = service.as_deref().map(service_info);
-            if workload.protocol == Protocol::Hbone {
+            // A source outside the mesh (not enrolled) has no identity to present: its traffic
+            // goes on as plain TCP, exactly as if no node proxy had seen it.
+            if workload.protocol == Protocol::Hbone && source.protocol == Protocol::Hbone {
                 let hbone = SocketAddr::new(addr.ip(), inputs.config.peer_hbone_port);
                 info.dst_hbone_addr = Some(hbone);
                 info.security = SecurityPolicy::MutualTls;

@@ -83,7 +83,15 @@ impl Set {
                 self.bind(ip);
             }
         }
-        self.forget_departed(local.iter().map(|w| w.identity.clone()).collect());
+        // Only enrolled (HBONE) workloads get certificates: a pod outside the mesh has no
+        // identity on the data path, so the node proxy never asks the CA for one.
+        self.forget_departed(
+            local
+                .iter()
+                .filter(|w| w.protocol == Protocol::Hbone)
+                .map(|w| w.identity.clone())
+                .collect(),
+        );
     }
 
     fn bind(&mut self, ip: IpAddr) {

@@ -1,0 +1,145 @@
+//! `ambit demo` as a newcomer runs it, in loopback mode: the whole mesh in one process, traffic
+//! for a few seconds, then the verdicts. Each test uses its own `--loopback-block` (outside
+//! testkit's 10..=250) so it never meets another test's listeners.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMETHEUS: &str = "spiffe://cluster.local/ns/prometheus/sa/prometheus";
+const NODE_EXPORTER: &str = "spiffe://cluster.local/ns/prometheus/sa/node-exporter";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ambit demo <args>` to completion (or kills it after a minute), output to files so a
+/// chatty child never blocks on a full pipe.
+fn demo(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_ambit"))
+            .arg("demo")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`ambit demo {}` still running after a minute; stdout so far:\n{}",
+            args.join(" "),
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Run {
+        status,
+        stdout: std::fs::read_to_string(&out).unwrap(),
+        stderr: std::fs::read_to_string(&err).unwrap(),
+    }
+}
+
+/// The temporary directory the demo reports having removed.
+fn removed_dir(stdout: &str) -> PathBuf {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("removed "))
+        .unwrap_or_else(|| panic!("no `removed <dir>` line in:\n{stdout}"));
+    PathBuf::from(line.trim())
+}
+
+#[test]
+fn demo_carries_the_enrolled_namespace_over_mtls_and_cleans_up() {
+    let run = demo(&["--duration", "6", "--loopback-block", "251"]);
+    let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(
+        run.status.success(),
+        "exit status {}; {context}",
+        run.status
+    );
+
+    // The verdicts, from the node proxies' own metrics.
+    let mtls = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("prometheus → node-exporter: mutual TLS, "))
+        .unwrap_or_else(|| panic!("no mTLS verdict; {context}"));
+    assert!(
+        mtls.contains(&format!("{PROMETHEUS} → {NODE_EXPORTER}")),
+        "the verdict names both identities: {mtls}"
+    );
+    assert!(
+        run.stdout
+            .contains("client → server: plaintext (default is not enrolled)"),
+        "no plaintext verdict for default; {context}"
+    );
+    let scrapes = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("scrapes: "))
+        .unwrap_or_else(|| panic!("no scrape count; {context}"));
+    assert!(!scrapes.contains("scrapes: 0 ok"), "{scrapes}");
+    assert!(run.stdout.contains("FLOWS"), "no FLOWS table; {context}");
+
+    // The access logs go to stderr, ztunnel-shaped, with the proven identity.
+    assert!(
+        run.stderr.lines().any(|l| l.contains("connection complete")
+            && l.contains(&format!("src.identity=\"{PROMETHEUS}\""))
+            && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
+        "no access log line for the mTLS scrape; {context}"
+    );
+    // Only access logs and problems by default: no start-up chatter from the roles.
+    assert!(
+        !run.stderr.contains("node proxy started"),
+        "info logs of the roles are hidden by default; {context}"
+    );
+
+    let dir = removed_dir(&run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("writing manifests… {}", dir.display())),
+        "the removed directory is the one written; {context}"
+    );
+    assert!(!Path::new(&dir).exists(), "{} still exists", dir.display());
+}
+
+#[test]
+fn a_busy_block_fails_with_a_hint() {
+    // Something already holds the control plane's TLS port of block 252.
+    let _busy = std::net::TcpListener::bind("127.252.0.1:15012").unwrap();
+    let run = demo(&["--duration", "1", "--loopback-block", "252"]);
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("--loopback-block") && run.stderr.contains("127.252.0.1:15012"),
+        "the error names the port and the way out:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stdout.contains("removed "),
+        "nothing was created:\n{}",
+        run.stdout
+    );
+}
