@@ -19,6 +19,8 @@ pub struct MeshState {
     workloads: HashMap<String, Arc<Workload>>,
     services: HashMap<String, Arc<Service>>,
     policies: BTreeMap<String, Arc<Authorization>>,
+    /// The same policies compiled for evaluation (kept in step with `policies`).
+    policy_index: ambit_model::authz::PolicyIndex,
     /// WDS resource name → what it named, so removals find their object whatever the naming.
     resources: HashMap<String, Named>,
     /// The reverse of `resources`: the resource name each object arrived under.
@@ -74,11 +76,23 @@ impl MeshState {
     }
 
     pub fn insert_policy(&mut self, name: &str, policy: Authorization) {
+        self.remove_policy(name);
+        self.policy_index.insert(&policy, false);
         self.policies.insert(name.to_owned(), Arc::new(policy));
     }
 
     pub fn remove_policy(&mut self, name: &str) -> bool {
-        self.policies.remove(name).is_some()
+        let Some(old) = self.policies.remove(name) else {
+            return false;
+        };
+        self.policy_index
+            .remove(&format!("{}/{}", old.namespace, old.name));
+        true
+    }
+
+    /// The policies compiled for [`authorize`](crate::proxy::authorize).
+    pub fn policy_index(&self) -> &ambit_model::authz::PolicyIndex {
+        &self.policy_index
     }
 
     /// Removes what the address resource `name` named. Returns whether anything was removed.
