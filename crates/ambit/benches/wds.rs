@@ -22,7 +22,13 @@ use ambit_identity::grpc::plaintext_channel;
 use ambit_proto::envoy::config::core::v3::Node;
 use ambit_xds::client::{ClientConfig, ClientHandle, Handler, Subscription, Update, XdsClient};
 
-const NAMESPACES: usize = 50;
+/// Overridable with `AMBIT_BENCH_NAMESPACES` (e.g. 1, to measure per-client overhead alone).
+fn namespaces() -> usize {
+    std::env::var("AMBIT_BENCH_NAMESPACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
 const PODS_PER_NAMESPACE: usize = 200;
 const SERVICES_PER_NAMESPACE: usize = 40;
 const CLIENTS: usize = 100;
@@ -165,10 +171,10 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    for ns in 0..NAMESPACES {
+    for ns in 0..namespaces() {
         write_namespace(&manifests, ns, "r0");
     }
-    let total = NAMESPACES * (PODS_PER_NAMESPACE + SERVICES_PER_NAMESPACE);
+    let total = namespaces() * (PODS_PER_NAMESPACE + SERVICES_PER_NAMESPACE);
     let ip = "127.77.0.1";
     let (xds_addr, mon_addr) = (format!("{ip}:15010"), format!("{ip}:15014"));
     let started = Instant::now();
@@ -273,8 +279,8 @@ async fn main() {
 
     println!(
         "WDS benchmark: {} pods, {} services, {CLIENTS} clients (+1), {CHANGES} changes",
-        NAMESPACES * PODS_PER_NAMESPACE,
-        NAMESPACES * SERVICES_PER_NAMESPACE
+        namespaces() * PODS_PER_NAMESPACE,
+        namespaces() * SERVICES_PER_NAMESPACE
     );
     println!(
         "  control plane start-up (parse + translate + listen)  {:>8.0} ms",
