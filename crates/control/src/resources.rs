@@ -22,6 +22,28 @@ pub(crate) fn addresses(snapshot: &MeshSnapshot, mesh: &MeshConfig) -> Vec<Resou
     workloads.chain(services).collect()
 }
 
+/// The `istio.workload.Address` resources of `names` (workload uids or service keys; names
+/// the snapshot does not hold are skipped).
+pub(crate) fn addresses_named(
+    snapshot: &MeshSnapshot,
+    mesh: &MeshConfig,
+    names: &[String],
+) -> Vec<Resource> {
+    names
+        .iter()
+        .filter_map(|name| {
+            if let Some(w) = snapshot.workloads.get(name) {
+                let ips = w.addresses.iter().map(Vec::as_slice);
+                Some(resource(name, encode_oneof(WORKLOAD_TAG, w), ips, mesh))
+            } else {
+                let s = snapshot.services.get(name)?;
+                let ips = s.addresses.iter().map(|a| a.address.as_slice());
+                Some(resource(name, encode_oneof(SERVICE_TAG, s), ips, mesh))
+            }
+        })
+        .collect()
+}
+
 /// Field numbers of `Address.type` (`oneof { Workload workload = 1; Service service = 2; }`).
 const WORKLOAD_TAG: u32 = 1;
 const SERVICE_TAG: u32 = 2;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_identity::{CaConfig, CertificateAuthority};
-use ambit_model::{Kind, MeshConfig, MeshSnapshot, translate};
+use ambit_model::{Kind, MeshConfig, MeshSnapshot, retranslate, translate};
 use ambit_xds::server::{AdsServer, AllowAll, Store};
 use hyper::StatusCode;
 use tokio::net::TcpListener;
@@ -162,7 +162,10 @@ impl ControlPlane {
         }
 
         let store = Store::new();
-        let first = Arc::new(state.read(|s| translate(s, &config.mesh)));
+        let first = Arc::new(state.update_quietly(|s| {
+            s.take_dirty();
+            translate(s, &config.mesh)
+        }));
         // Policies before addresses: a workload should never list a policy not yet served.
         store.replace_all(
             ambit_proto::AUTHORIZATION_TYPE_URL,
@@ -291,6 +294,7 @@ async fn translate_loop(
     debounce: Duration,
     snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
 ) {
+    let mut current = (**snapshot_tx.borrow()).clone();
     let mut changes = state.subscribe();
     // A burst of changes is translated once, but never later than this after the first.
     let max_delay = debounce * 10;
@@ -308,17 +312,33 @@ async fn translate_loop(
             }
         }
         let started = tokio::time::Instant::now();
-        let snapshot = Arc::new(state.read(|s| translate(s, &mesh)));
+        // Only the namespaces touched since the last pass are translated again; the dirty set
+        // is taken under the same lock as the read, so no change slips between them.
+        let changed = state.update_quietly(|s| {
+            let dirty = s.take_dirty();
+            retranslate(s, &mesh, &mut current, &dirty)
+        });
         let translated = started.elapsed();
-        let addresses = resources::addresses(&snapshot, &mesh);
-        let encoded = started.elapsed();
-        store.replace_all(
-            ambit_proto::AUTHORIZATION_TYPE_URL,
-            resources::authorizations(&snapshot),
-        );
-        store.replace_all(ambit_proto::ADDRESS_TYPE_URL, addresses);
-        debug!(?translated, ?encoded, total = ?started.elapsed(), "mesh translated and stored");
-        snapshot_tx.send_replace(snapshot);
+        match changed {
+            Some(changes) => {
+                let upserts = resources::addresses_named(&current, &mesh, &changes.upserts);
+                store.apply(ambit_proto::ADDRESS_TYPE_URL, upserts, changes.removals);
+            }
+            None => {
+                store.replace_all(
+                    ambit_proto::AUTHORIZATION_TYPE_URL,
+                    resources::authorizations(&current),
+                );
+                store.replace_all(
+                    ambit_proto::ADDRESS_TYPE_URL,
+                    resources::addresses(&current, &mesh),
+                );
+            }
+        }
+        debug!(?translated, total = ?started.elapsed(), "mesh translated and stored");
+        // Published for /debug and /metrics after the push has started: the copy costs
+        // nothing on the path of a change to the node proxies.
+        snapshot_tx.send_replace(Arc::new(current.clone()));
     }
 }
 

@@ -35,6 +35,13 @@ impl SharedState {
         changed
     }
 
+    /// Runs `f` on the state without announcing a change (for bookkeeping such as taking the
+    /// dirty set, which readers need not hear about).
+    pub fn update_quietly<T>(&self, f: impl FnOnce(&mut ClusterState) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state)
+    }
+
     /// Reads the state.
     pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

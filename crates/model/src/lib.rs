@@ -21,4 +21,6 @@ pub mod translate;
 
 pub use objects::{Kind, Object, ObjectError, ObjectKey};
 pub use state::ClusterState;
-pub use translate::{MeshConfig, MeshSnapshot, PodReport, PolicyIssue, translate};
+pub use translate::{
+    AddressChanges, MeshConfig, MeshSnapshot, PodReport, PolicyIssue, retranslate, translate,
+};

@@ -24,13 +24,58 @@ pub struct ClusterState {
     pub service_accounts: BTreeMap<NsName, ServiceAccount>,
     pub authorization_policies: BTreeMap<NsName, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<NsName, PeerAuthentication>,
+    /// What changed since the last [`take_dirty`](Self::take_dirty), for incremental
+    /// translation. Not part of the state's value (equality ignores it).
+    dirty: Dirty,
+}
+
+/// The namespaces whose translation may have changed.
+#[derive(Debug, Clone, Default)]
+pub struct Dirty {
+    /// Namespaces with a changed object (a Namespace object marks its own name).
+    pub namespaces: std::collections::BTreeSet<String>,
+    /// Everything must be translated again (a policy changed: root-namespace policies select
+    /// workloads in every namespace).
+    pub all: bool,
+}
+
+impl PartialEq for Dirty {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.namespaces.is_empty()
+    }
+
+    fn mark(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Namespace => {
+                self.namespaces.insert(key.name.clone());
+            }
+            Kind::AuthorizationPolicy | Kind::PeerAuthentication => self.all = true,
+            _ => {
+                self.namespaces.insert(key.namespace.clone());
+            }
+        }
+    }
 }
 
 impl ClusterState {
     /// Inserts or replaces an object. Returns whether anything changed.
     pub fn apply(&mut self, object: Object) -> Result<bool, ObjectError> {
         let key = object.key()?;
-        let nn = (key.namespace, key.name);
+        let changed = self.apply_keyed(&key, object);
+        if changed {
+            self.dirty.mark(&key);
+        }
+        Ok(changed)
+    }
+
+    fn apply_keyed(&mut self, key: &ObjectKey, object: Object) -> bool {
+        let nn = (key.namespace.clone(), key.name.clone());
         fn put<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, k: K, v: V) -> bool {
             if map.get(&k) == Some(&v) {
                 return false;
@@ -38,7 +83,7 @@ impl ClusterState {
             map.insert(k, v);
             true
         }
-        Ok(match object {
+        match object {
             Object::Namespace(o) => put(&mut self.namespaces, nn.1, o),
             Object::Pod(o) => put(&mut self.pods, nn, *o),
             Object::Service(o) => put(&mut self.services, nn, *o),
@@ -46,11 +91,19 @@ impl ClusterState {
             Object::ServiceAccount(o) => put(&mut self.service_accounts, nn, o),
             Object::AuthorizationPolicy(o) => put(&mut self.authorization_policies, nn, *o),
             Object::PeerAuthentication(o) => put(&mut self.peer_authentications, nn, o),
-        })
+        }
     }
 
     /// Removes an object. Returns whether it was there.
     pub fn delete(&mut self, key: &ObjectKey) -> bool {
+        let removed = self.delete_keyed(key);
+        if removed {
+            self.dirty.mark(key);
+        }
+        removed
+    }
+
+    fn delete_keyed(&mut self, key: &ObjectKey) -> bool {
         let nn = (key.namespace.clone(), key.name.clone());
         match key.kind {
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
@@ -61,6 +114,11 @@ impl ClusterState {
             Kind::AuthorizationPolicy => self.authorization_policies.remove(&nn).is_some(),
             Kind::PeerAuthentication => self.peer_authentications.remove(&nn).is_some(),
         }
+    }
+
+    /// What changed since the last call (and forgets it).
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
     }
 
     /// The keys of every stored object, for sources that replace their whole view at once.

@@ -423,3 +423,121 @@ spec: {{clusterIP: 10.96.0.2, selector: {{app: a-app}}, ports: [{{port: 2}}]}}
     }
     assert_eq!(first.len(), 4);
 }
+
+/// Incremental translation of the touched namespaces gives exactly what a full translation
+/// gives, through a sequence of edits of every kind.
+#[test]
+fn retranslation_equals_full_translation() {
+    use ambit_model::{ClusterState, Object, ObjectKey, retranslate};
+
+    fn parse(yaml: &str) -> Vec<Object> {
+        manifest::parse(yaml)
+            .into_iter()
+            .flat_map(|d| d.result.unwrap())
+            .collect()
+    }
+    fn normalized(mut m: MeshSnapshot) -> MeshSnapshot {
+        m.pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        m
+    }
+    let config = MeshConfig::istio_defaults();
+    let mut state = ClusterState::default();
+    let base = [
+        NAMESPACES.to_owned(),
+        pod("prometheus", "a", "10.0.0.1", "", ""),
+        pod("prometheus", "b", "10.0.0.2", "", ""),
+        pod("default", "c", "10.0.0.3", "", ""),
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: prometheus}\n\
+         spec: {clusterIP: 10.96.0.1, selector: {app: a-app}, ports: [{port: 80, targetPort: http-metrics}]}\n"
+            .to_owned(),
+    ]
+    .concat();
+    for o in parse(&base) {
+        state.apply(o).unwrap();
+    }
+    let mut snapshot = translate(&state, &config);
+    state.take_dirty();
+
+    let key = |kind, ns: &str, name: &str| ObjectKey {
+        kind,
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    type Edit = Box<dyn Fn(&mut ClusterState)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "pod added",
+            Box::new(|s| {
+                drop(s.apply(parse(&pod("prometheus", "d", "10.0.0.4", "", "")).remove(0)))
+            }),
+        ),
+        (
+            "pod relabelled into the service",
+            Box::new(|s| {
+                drop(
+                    s.apply(
+                        parse(
+                            &pod("prometheus", "b", "10.0.0.2", ", version: v2", "")
+                                .replace("b-app", "a-app"),
+                        )
+                        .remove(0),
+                    ),
+                )
+            }),
+        ),
+        (
+            "pod deleted",
+            Box::new(move |s| assert!(s.delete(&key(ambit_model::Kind::Pod, "prometheus", "a")))),
+        ),
+        (
+            "namespace enrolled",
+            Box::new(|s| {
+                drop(s.apply(parse("apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio.io/dataplane-mode: ambient}}\n").remove(0)))
+            }),
+        ),
+        (
+            "service deleted",
+            Box::new(move |s| {
+                assert!(s.delete(&key(ambit_model::Kind::Service, "prometheus", "s")))
+            }),
+        ),
+        (
+            "policy added",
+            Box::new(|s| {
+                drop(s.apply(parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: prometheus}\nspec: {selector: {matchLabels: {app: d-app}}}\n").remove(0)))
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        edit(&mut state);
+        let dirty = state.take_dirty();
+        let changes = retranslate(&state, &config, &mut snapshot, &dirty);
+        assert_eq!(
+            normalized(snapshot.clone()),
+            normalized(translate(&state, &config)),
+            "after: {what}"
+        );
+        if what == "policy added" {
+            assert!(
+                changes.is_none(),
+                "a policy change re-translates everything"
+            );
+        } else {
+            let changes = changes.unwrap();
+            assert!(
+                !changes.upserts.is_empty() || !changes.removals.is_empty(),
+                "{what}: {changes:?}"
+            );
+            let removed = |name: &str| changes.removals.iter().any(|r| r == name);
+            match what {
+                "pod deleted" => assert!(removed("Kubernetes//Pod/prometheus/a"), "{changes:?}"),
+                "service deleted" => assert!(
+                    removed("prometheus/s.prometheus.svc.cluster.local"),
+                    "{changes:?}"
+                ),
+                _ => assert!(changes.removals.is_empty(), "{what}: {changes:?}"),
+            }
+        }
+    }
+}

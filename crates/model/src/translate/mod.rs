@@ -144,23 +144,109 @@ pub fn translate(state: &ClusterState, config: &MeshConfig) -> MeshSnapshot {
         ..MeshSnapshot::default()
     };
     for pod in state.pods.values() {
-        let (report, result) = workload::workload(state, config, pod, &snapshot.services);
-        if let Ok(mut w) = result {
-            let no_labels = BTreeMap::new();
-            let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
-            let (served, dry_run) = policies.for_workload(&w.namespace, labels);
-            w.authorization_policies = served;
-            if !dry_run.is_empty() {
-                snapshot.dry_run_selected.insert(w.uid.clone(), dry_run);
-            }
-            snapshot.workloads.insert(w.uid.clone(), w);
-        }
-        snapshot.pods.push(report);
+        add_pod(state, config, &policies, pod, &mut snapshot);
     }
     snapshot.authorizations = policies.authorizations;
     snapshot.dry_run_authorizations = policies.dry_run;
     snapshot.policy_issues = policies.issues;
     snapshot
+}
+
+/// What an incremental translation changed, as `istio.workload.Address` resource names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressChanges {
+    /// Resources of the re-translated namespaces (unchanged ones included: the xDS store skips
+    /// bodies it already has).
+    pub upserts: Vec<String>,
+    pub removals: Vec<String>,
+}
+
+/// Brings `snapshot` (a translation of an earlier `state`) up to date, translating only the
+/// namespaces in `dirty`. Returns `None` when everything had to be translated again (a policy
+/// changed), in which case the caller replaces all resources.
+///
+/// Equivalent to [`translate`] (asserted by the tests): a workload depends only on its pod,
+/// its namespace, and the Services, EndpointSlices and policies of its namespace and the root
+/// namespace; policy changes mark everything dirty.
+pub fn retranslate(
+    state: &ClusterState,
+    config: &MeshConfig,
+    snapshot: &mut MeshSnapshot,
+    dirty: &crate::state::Dirty,
+) -> Option<AddressChanges> {
+    if dirty.all {
+        *snapshot = translate(state, config);
+        return None;
+    }
+    let mut changes = AddressChanges::default();
+    if dirty.namespaces.is_empty() {
+        return Some(changes);
+    }
+    let policies = Policies::new(state, config);
+    for ns in &dirty.namespaces {
+        let mut old: std::collections::BTreeSet<String> = snapshot
+            .services
+            .iter()
+            .filter(|(_, s)| &s.namespace == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let old_uids: Vec<String> = snapshot
+            .workloads
+            .iter()
+            .filter(|(_, w)| &w.namespace == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &old {
+            snapshot.services.remove(key);
+        }
+        for uid in &old_uids {
+            snapshot.workloads.remove(uid);
+            snapshot.dry_run_selected.remove(uid);
+        }
+        old.extend(old_uids);
+        snapshot.pods.retain(|p| &p.namespace != ns);
+
+        let services = service::services_in(state, config, ns);
+        changes.upserts.extend(services.keys().cloned());
+        snapshot.services.extend(services);
+        let pods = state
+            .pods
+            .range((ns.clone(), String::new())..)
+            .take_while(|((pod_ns, _), _)| pod_ns == ns);
+        for (_, pod) in pods {
+            if let Some(uid) = add_pod(state, config, &policies, pod, snapshot) {
+                changes.upserts.push(uid);
+            }
+        }
+        changes.removals.extend(
+            old.into_iter()
+                .filter(|name| !changes.upserts.contains(name)),
+        );
+    }
+    Some(changes)
+}
+
+/// Translates one pod into `snapshot`; returns the workload uid if it is served.
+fn add_pod(
+    state: &ClusterState,
+    config: &MeshConfig,
+    policies: &Policies,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    snapshot: &mut MeshSnapshot,
+) -> Option<String> {
+    let (report, result) = workload::workload(state, config, pod, &snapshot.services);
+    snapshot.pods.push(report);
+    let mut w = result.ok()?;
+    let no_labels = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let (served, dry_run) = policies.for_workload(&w.namespace, labels);
+    w.authorization_policies = served;
+    if !dry_run.is_empty() {
+        snapshot.dry_run_selected.insert(w.uid.clone(), dry_run);
+    }
+    let uid = w.uid.clone();
+    snapshot.workloads.insert(uid.clone(), w);
+    Some(uid)
 }
 
 /// Resource name of an authorization: `<namespace>/<name>`.

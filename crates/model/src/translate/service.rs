@@ -27,6 +27,23 @@ pub(super) fn services(state: &ClusterState, config: &MeshConfig) -> BTreeMap<St
         .collect()
 }
 
+/// The Services of one namespace, keyed like [`services`].
+pub(super) fn services_in(
+    state: &ClusterState,
+    config: &MeshConfig,
+    namespace: &str,
+) -> BTreeMap<String, Service> {
+    state
+        .services
+        .range((namespace.to_owned(), String::new())..)
+        .take_while(|((ns, _), _)| ns == namespace)
+        .map(|((ns, name), svc)| {
+            let service = service(config, ns, name, svc);
+            (resource_name(ns, &service.hostname), service)
+        })
+        .collect()
+}
+
 /// `<namespace>/<hostname>`, the WDS resource name of a service (and the key of a workload's
 /// `services` map).
 pub(super) fn resource_name(namespace: &str, hostname: &str) -> String {
