@@ -17,6 +17,7 @@ mod http;
 mod resources;
 mod run;
 mod shared;
+mod snapshot_view;
 pub mod source;
 mod tls_listener;
 

@@ -14,13 +14,13 @@ use ambit_model::{Kind, MeshConfig, MeshSnapshot, retranslate, translate};
 use ambit_xds::server::{AdsServer, AllowAll, Store};
 use hyper::StatusCode;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, BootstrapTokens};
 use crate::ca_service::CaService;
 use crate::http::{Handler, Reply};
+use crate::snapshot_view::SnapshotView;
 use crate::source::dir::DirSource;
 use crate::{SharedState, debug, resources, tls_listener};
 
@@ -97,7 +97,7 @@ pub struct ControlPlane {
     addrs: BoundAddrs,
     store: Store,
     state: SharedState,
-    snapshot: watch::Receiver<Arc<MeshSnapshot>>,
+    snapshot: SnapshotView,
     ca: Arc<CertificateAuthority>,
     tasks: JoinSet<()>,
 }
@@ -162,10 +162,10 @@ impl ControlPlane {
         }
 
         let store = Store::new();
-        let first = Arc::new(state.update_quietly(|s| {
+        let first = state.update_quietly(|s| {
             s.take_dirty();
             translate(s, &config.mesh)
-        }));
+        });
         // Policies before addresses: a workload should never list a policy not yet served.
         store.replace_all(
             ambit_proto::AUTHORIZATION_TYPE_URL,
@@ -175,13 +175,13 @@ impl ControlPlane {
             ambit_proto::ADDRESS_TYPE_URL,
             resources::addresses(&first, &config.mesh),
         );
-        let (snapshot_tx, snapshot) = watch::channel(first);
+        let snapshot = SnapshotView::new(first);
         tasks.spawn(translate_loop(
             state.clone(),
             store.clone(),
             config.mesh.clone(),
             config.debounce,
-            snapshot_tx,
+            snapshot.clone(),
         ));
 
         let ads = AdsServer::new(store.clone());
@@ -272,7 +272,7 @@ impl ControlPlane {
 
     /// The latest translation.
     pub fn snapshot(&self) -> Arc<MeshSnapshot> {
-        self.snapshot.borrow().clone()
+        self.snapshot.get()
     }
 
     pub fn ca(&self) -> &Arc<CertificateAuthority> {
@@ -292,9 +292,8 @@ async fn translate_loop(
     store: Store,
     mesh: MeshConfig,
     debounce: Duration,
-    snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
+    snapshot: SnapshotView,
 ) {
-    let mut current = (**snapshot_tx.borrow()).clone();
     let mut changes = state.subscribe();
     // A burst of changes is translated once, but never later than this after the first.
     let max_delay = debounce * 10;
@@ -314,42 +313,43 @@ async fn translate_loop(
         let started = tokio::time::Instant::now();
         // Only the namespaces touched since the last pass are translated again; the dirty set
         // is taken under the same lock as the read, so no change slips between them.
-        let changed = state.update_quietly(|s| {
-            let dirty = s.take_dirty();
-            retranslate(s, &mesh, &mut current, &dirty)
+        snapshot.update(|current| {
+            let changed = state.update_quietly(|s| {
+                let dirty = s.take_dirty();
+                retranslate(s, &mesh, current, &dirty)
+            });
+            match changed {
+                Some(changes) => {
+                    let upserts = resources::addresses_named(current, &mesh, &changes.upserts);
+                    store.apply(ambit_proto::ADDRESS_TYPE_URL, upserts, changes.removals);
+                }
+                None => {
+                    store.replace_all(
+                        ambit_proto::AUTHORIZATION_TYPE_URL,
+                        resources::authorizations(current),
+                    );
+                    store.replace_all(
+                        ambit_proto::ADDRESS_TYPE_URL,
+                        resources::addresses(current, &mesh),
+                    );
+                }
+            }
         });
-        let translated = started.elapsed();
-        match changed {
-            Some(changes) => {
-                let upserts = resources::addresses_named(&current, &mesh, &changes.upserts);
-                store.apply(ambit_proto::ADDRESS_TYPE_URL, upserts, changes.removals);
-            }
-            None => {
-                store.replace_all(
-                    ambit_proto::AUTHORIZATION_TYPE_URL,
-                    resources::authorizations(&current),
-                );
-                store.replace_all(
-                    ambit_proto::ADDRESS_TYPE_URL,
-                    resources::addresses(&current, &mesh),
-                );
-            }
-        }
-        debug!(?translated, total = ?started.elapsed(), "mesh translated and stored");
-        // Published for /debug and /metrics after the push has started: the copy costs
-        // nothing on the path of a change to the node proxies.
-        snapshot_tx.send_replace(Arc::new(current.clone()));
+        debug!(elapsed = ?started.elapsed(), "mesh translated and stored");
     }
 }
 
 fn monitoring_handler(
     state: SharedState,
-    snapshot: watch::Receiver<Arc<MeshSnapshot>>,
+    snapshot: SnapshotView,
     xds: Arc<ambit_xds::server::ServerStats>,
     ca: Arc<crate::ca_service::CaStats>,
 ) -> Handler {
     Arc::new(move |path, query| {
-        let snap = snapshot.borrow().clone();
+        if matches!(path, "/ready" | "/healthz/ready") {
+            return Reply::text(StatusCode::OK, "ready\n");
+        }
+        let snap = snapshot.get();
         match path {
             "/ready" | "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
             "/metrics" | "/stats/prometheus" => {
