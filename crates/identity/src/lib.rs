@@ -49,7 +49,7 @@ pub use manager::{
     ManagerConfig, ManagerError, SignError, WorkloadCertificate,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use x509::CertIdentityError;
+pub use x509::{CertIdentityError, rfc3339};
 
 /// `N` bytes from the system's secure random generator, or `None` if it failed.
 fn random_bytes<const N: usize>() -> Option<[u8; N]> {

@@ -159,8 +159,9 @@ pub(crate) fn system_time(t: ASN1Time) -> SystemTime {
     SystemTime::from(t.to_datetime())
 }
 
-/// RFC 3339 in UTC, to the second: `2025-01-31T12:00:00Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+/// RFC 3339 in UTC, to the second: `2025-01-31T12:00:00Z` (how certificate times are shown
+/// by `ambit ca inspect` and the node proxy's `/config_dump`).
+pub fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t).to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",

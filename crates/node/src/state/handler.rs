@@ -150,20 +150,10 @@ fn alias_ip(name: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::NodeInfo;
     use ambit_proto::workload as pb;
     use ambit_xds::Resource;
 
-    fn state() -> ProxyState {
-        ProxyState::new(
-            NodeInfo {
-                node_name: "n".into(),
-                cluster_id: "c".into(),
-                trust_domain: ambit_identity::TrustDomain::new("td").unwrap(),
-            },
-            None,
-        )
-    }
+    use crate::state::test_state as state;
 
     fn resource(name: &str, w: pb::Workload) -> Resource {
         let body = Address {

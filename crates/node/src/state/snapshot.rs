@@ -4,7 +4,7 @@
 //! camelCase), so an operator used to `istioctl ztunnel-config` reads them without a legend.
 //! Nothing here exposes key material: certificates are shown by identity, serial and validity.
 
-use std::time::SystemTime;
+use ambit_identity::rfc3339;
 
 use ambit_identity::{CertificateState, CertificateStatus};
 use ambit_proto::security::{self as pb, Authorization};
@@ -125,29 +125,4 @@ fn certificate(s: &CertificateStatus) -> Value {
         "failures": s.failures,
         "lastError": s.last_error,
     })
-}
-
-/// `2024-01-02T03:04:05Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t).to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_utc_seconds() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
-    }
 }

@@ -93,19 +93,9 @@ impl ProxyState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::NodeInfo;
     use crate::state::workload::PortMapping;
 
-    fn state() -> ProxyState {
-        ProxyState::new(
-            NodeInfo {
-                node_name: "n".into(),
-                cluster_id: "c".into(),
-                trust_domain: ambit_identity::TrustDomain::new("td").unwrap(),
-            },
-            None,
-        )
-    }
+    use crate::state::test_state as state;
 
     fn endpoint(uid: &str, ip: &str, healthy: bool, target: u16) -> Workload {
         let mut w = Workload::for_test(uid, ip);
