@@ -75,11 +75,17 @@ pub(crate) fn pods(snapshot: &MeshSnapshot) -> Value {
 
 /// `/debug/services`.
 pub(crate) fn services(snapshot: &MeshSnapshot) -> Value {
+    // One pass over the workloads: each lists the services it backs by the same key the
+    // service map uses (`<namespace>/<hostname>`).
+    let mut backing: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for key in snapshot.workloads.values().flat_map(|w| w.services.keys()) {
+        *backing.entry(key.as_str()).or_default() += 1;
+    }
     let services: Vec<Value> = snapshot
         .services
-        .values()
-        .map(|s| {
-            let endpoints = snapshot.workloads.values().filter(|w| w.services.contains_key(&format!("{}/{}", s.namespace, s.hostname))).count();
+        .iter()
+        .map(|(key, s)| {
+            let endpoints = backing.get(key.as_str()).copied().unwrap_or(0);
             json!({
                 "name": s.name,
                 "namespace": s.namespace,

@@ -294,6 +294,17 @@ async fn tls_port_requires_a_token_and_the_ca_authorizes_by_node() {
         metrics.contains("ambit_ca_requests_denied_total 1"),
         "{metrics}"
     );
+    let services = http_get(control.addrs().monitoring.unwrap(), "/debug/services").await;
+    let body: serde_json::Value =
+        serde_json::from_str(services.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body["services"][0]["hostname"],
+        "exporter.prometheus.svc.cluster.local"
+    );
+    assert_eq!(
+        body["services"][0]["endpoints"], 1,
+        "only the exporter pod backs it: {body}"
+    );
     let workloads = http_get(control.addrs().monitoring.unwrap(), "/debug/workloads").await;
     assert!(
         workloads.contains("spiffe://cluster.local/ns/prometheus/sa/scraper")
