@@ -206,8 +206,12 @@ pub fn retranslate(
         old.extend(old_uids);
         snapshot.pods.retain(|p| &p.namespace != ns);
 
+        // Every name produced again is struck from `old`; what is left was removed.
         let services = service::services_in(state, config, ns);
-        changes.upserts.extend(services.keys().cloned());
+        for key in services.keys() {
+            old.remove(key);
+            changes.upserts.push(key.clone());
+        }
         snapshot.services.extend(services);
         let pods = state
             .pods
@@ -215,13 +219,11 @@ pub fn retranslate(
             .take_while(|((pod_ns, _), _)| pod_ns == ns);
         for (_, pod) in pods {
             if let Some(uid) = add_pod(state, config, &policies, pod, snapshot) {
+                old.remove(&uid);
                 changes.upserts.push(uid);
             }
         }
-        changes.removals.extend(
-            old.into_iter()
-                .filter(|name| !changes.upserts.contains(name)),
-        );
+        changes.removals.extend(old);
     }
     Some(changes)
 }
