@@ -102,6 +102,24 @@ pub struct TraceEntry<'a> {
     pub warnings: &'a [String],
 }
 
+/// The destination as authorization sees it: its namespace and the policies it lists. Built
+/// from a WDS [`Workload`] (`From`), or from any workload type's fields without copying them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    /// `authorization_policies` of the workload: `<namespace>/<name>` keys.
+    pub policies: &'a [String],
+}
+
+impl<'a> From<&'a Workload> for Target<'a> {
+    fn from(workload: &'a Workload) -> Self {
+        Self {
+            namespace: &workload.namespace,
+            policies: &workload.authorization_policies,
+        }
+    }
+}
+
 /// Every authorization policy a node proxy knows, by name and scope.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
@@ -257,18 +275,19 @@ impl PolicyIndex {
     /// [`missing`](Self::missing)).
     pub fn applicable<'a>(
         &'a self,
-        workload: &'a Workload,
+        target: impl Into<Target<'a>>,
     ) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
+        let workload = target.into();
         let namespace = self
             .by_namespace
-            .get(workload.namespace.as_str())
+            .get(workload.namespace)
             .map_or(&[][..], Vec::as_slice);
         let listed = workload
-            .authorization_policies
+            .policies
             .iter()
             .filter_map(|key| self.by_key.get(key.as_str()))
             // A listed GLOBAL or same-namespace policy is already in the lists above.
-            .filter(|p| listed_separately(p, workload));
+            .filter(move |p| listed_separately(p, workload));
         self.global
             .iter()
             .chain(namespace)
@@ -277,9 +296,13 @@ impl PolicyIndex {
     }
 
     /// Names the workload lists that the index does not hold.
-    pub fn missing<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a str> + 'a {
-        workload
-            .authorization_policies
+    pub fn missing<'a>(
+        &'a self,
+        target: impl Into<Target<'a>>,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        target
+            .into()
+            .policies
             .iter()
             .filter(|key| !self.by_key.contains_key(key.as_str()))
             .map(String::as_str)
@@ -289,18 +312,23 @@ impl PolicyIndex {
     ///
     /// One pass over the applicable policies: DENY policies are all evaluated (until one
     /// matches), ALLOW policies until one matches and only while nothing denied.
-    pub fn decide<'a>(&'a self, workload: &'a Workload, conn: &Connection<'_>) -> Decision<'a> {
+    pub fn decide<'a>(
+        &'a self,
+        target: impl Into<Target<'a>>,
+        conn: &Connection<'_>,
+    ) -> Decision<'a> {
+        let workload = target.into();
         let peer = Peer::new(conn);
         let mut eval = Evaluation::default();
         let namespace = self
             .by_namespace
-            .get(workload.namespace.as_str())
+            .get(workload.namespace)
             .map_or(&[][..], Vec::as_slice);
         for p in self.global.iter().chain(namespace) {
             eval.visit(p, &peer);
         }
         let mut missing = None;
-        for key in &workload.authorization_policies {
+        for key in workload.policies {
             match self.by_key.get(key.as_str()) {
                 Some(p) if listed_separately(p, workload) => eval.visit(p, &peer),
                 Some(_) => {}
@@ -334,7 +362,8 @@ impl PolicyIndex {
     }
 
     /// [`decide`](Self::decide), with every applicable policy and its outcome.
-    pub fn trace<'a>(&'a self, workload: &'a Workload, conn: &Connection<'_>) -> Trace<'a> {
+    pub fn trace<'a>(&'a self, target: impl Into<Target<'a>>, conn: &Connection<'_>) -> Trace<'a> {
+        let workload = target.into();
         let peer = Peer::new(conn);
         let mut policies: Vec<TraceEntry<'a>> = self
             .applicable(workload)
@@ -363,7 +392,7 @@ impl PolicyIndex {
 }
 
 /// Whether a listed policy is not already among the GLOBAL and namespace lists.
-fn listed_separately(p: &CompiledPolicy, workload: &Workload) -> bool {
+fn listed_separately(p: &CompiledPolicy, workload: Target<'_>) -> bool {
     match p.scope() {
         PolicyScope::Global => false,
         PolicyScope::Namespace => p.namespace() != workload.namespace,

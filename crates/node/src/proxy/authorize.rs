@@ -7,7 +7,7 @@
 //! an `Err(reason)` into a refusal (HTTP 403 on HBONE, a closed connection on the plaintext
 //! passthrough), logged with the reason and counted with `response_flags="DENY"`.
 
-use ambit_model::authz::Connection;
+use ambit_model::authz::{Connection, Target};
 use tracing::info;
 
 use super::conn::ConnInfo;
@@ -15,11 +15,9 @@ use crate::state::ProxyState;
 
 /// Decides whether `conn` may reach its destination workload: `Err(reason)` denies.
 pub fn authorize(state: &ProxyState, conn: &ConnInfo) -> Result<(), String> {
-    // The engine reads only the namespace and the listed policy names of the destination.
-    let target = ambit_proto::workload::Workload {
-        namespace: conn.dst_workload.namespace.clone(),
-        authorization_policies: conn.dst_workload.authorization_policies.clone(),
-        ..Default::default()
+    let target = Target {
+        namespace: &conn.dst_workload.namespace,
+        policies: &conn.dst_workload.authorization_policies,
     };
     let connection = Connection {
         src_ip: conn.src_ip,
@@ -28,7 +26,7 @@ pub fn authorize(state: &ProxyState, conn: &ConnInfo) -> Result<(), String> {
         dst_port: conn.dst.port(),
     };
     state.read(|mesh| {
-        let decision = mesh.policy_index().decide(&target, &connection);
+        let decision = mesh.policy_index().decide(target, &connection);
         for policy in &decision.dry_run_denials {
             info!(policy, src.ip = %conn.src_ip, dst.addr = %conn.dst, "dry-run policy would deny this connection");
         }
