@@ -47,7 +47,7 @@ impl SeqpacketListener {
         rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
         rustix::net::listen(&fd, 16)?;
         Ok(Self {
-            fd: AsyncFd::new(fd)?,
+            fd: register(fd)?,
             path: path.to_owned(),
         })
     }
@@ -66,7 +66,7 @@ impl SeqpacketListener {
             })
             .await?;
         Ok(SeqpacketStream {
-            fd: AsyncFd::new(fd)?,
+            fd: register(fd)?,
         })
     }
 }
@@ -87,7 +87,7 @@ impl SeqpacketStream {
             Err(rustix::io::Errno::INPROGRESS | rustix::io::Errno::AGAIN) => {}
             Err(e) => return Err(e.into()),
         }
-        let fd = AsyncFd::new(fd)?;
+        let fd = register(fd)?;
         // A Unix connect completes at once unless the backlog is full; then wait for it.
         let _ = fd.writable().await?;
         if let Some(e) = rustix::net::sockopt::socket_error(fd.get_ref())?.err() {
@@ -106,10 +106,10 @@ impl SeqpacketStream {
         )?;
         Ok((
             Self {
-                fd: AsyncFd::new(a)?,
+                fd: register(a)?,
             },
             Self {
-                fd: AsyncFd::new(b)?,
+                fd: register(b)?,
             },
         ))
     }
@@ -181,6 +181,15 @@ fn recv_now(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
         ));
     }
     Ok((msg.bytes, fds))
+}
+
+/// Registers `fd` with the runtime's reactor.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // `AsyncFd::new` is deprecated because a generic `T` may close or swap its descriptor while
+    // registered. An `OwnedFd` cannot: it owns one descriptor from creation to drop, which is
+    // exactly the contract the deprecation asks for.
+    #[allow(deprecated)]
+    AsyncFd::new(fd)
 }
 
 fn socket() -> io::Result<OwnedFd> {
