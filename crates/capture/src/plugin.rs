@@ -1,0 +1,1 @@
+//! The CNI plugin (`ambit cni plugin`) and its channel to the agent.

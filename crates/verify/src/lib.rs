@@ -1,0 +1,1 @@
+//! Proof that enrolled traffic is mutual TLS.
