@@ -11,3 +11,10 @@
 
 pub mod topology;
 pub mod userns;
+pub mod cluster;
+pub mod http;
+pub mod mesh;
+pub mod process;
+
+pub use cluster::{Cluster, Namespace, Pod};
+pub use mesh::{LocalMesh, MeshError, Options};

@@ -1,0 +1,524 @@
+//! The whole local mesh: the wire and pods ([`Topology`]), the control plane reading the
+//! cluster's manifests, and per node a capture agent and a node proxy in in-pod mode, all as
+//! `ambit` processes. This process plays the container runtime: it creates each pod's
+//! namespace and calls the CNI plugin (`ambit cni plugin`) exactly as a runtime would.
+//!
+//! Addresses: the roles listen on `127.<block>.0.1` (control plane) and `127.<block>.0.<k+2>`
+//! (node `k`'s admin, stats and readiness servers); pods live on `10.<block>.0.0/16` behind
+//! the gateway `10.<block>.0.1`.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, Pod};
+use crate::http;
+use crate::process::{LineSink, Role};
+use crate::topology::{Topology, TopologyError};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the mesh could not be built or changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    #[error("topology")]
+    Topology(#[from] TopologyError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NotReady(String),
+    #[error("the CNI plugin refused {pod}: {output}")]
+    Plugin { pod: String, output: String },
+    #[error("unknown {0}")]
+    Unknown(String),
+}
+
+/// How to build the mesh.
+#[derive(Clone)]
+pub struct Options {
+    /// The `ambit` binary.
+    pub exe: PathBuf,
+    /// Picks the addresses (see the module docs), so two meshes can run side by side.
+    pub block: u8,
+    /// Node names; pods name theirs.
+    pub nodes: Vec<String>,
+    /// Where the manifests, CA, tokens and sockets go.
+    pub dir: PathBuf,
+    /// The `--log-level` filter of every role.
+    pub log_level: String,
+    /// Receives every line a role prints (role name, line).
+    pub sink: Option<LineSink>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("exe", &self.exe)
+            .field("block", &self.block)
+            .field("nodes", &self.nodes)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running local mesh. Dropping it stops every process and removes every namespace.
+#[derive(Debug)]
+pub struct LocalMesh {
+    options: Options,
+    cluster: Cluster,
+    // Field order is drop order: roles stop before the namespaces go.
+    nodes: Vec<Node>,
+    control: Role,
+    topology: Topology,
+}
+
+/// One node's processes.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub proxy: Option<Role>,
+    pub agent: Option<Role>,
+}
+
+impl LocalMesh {
+    /// Builds the wire, writes `cluster`'s manifests, starts the control plane, the capture
+    /// agents and node proxies, waits until they are ready, then creates every pod of
+    /// `cluster` (namespace + CNI ADD).
+    pub fn start(options: Options, cluster: Cluster) -> Result<Self, MeshError> {
+        let b = options.block;
+        let topology = Topology::new(Ipv4Addr::new(10, b, 0, 1), 16)?;
+        let dir = &options.dir;
+        let manifests = dir.join("manifests");
+        let mut tokens = String::new();
+        for node in &options.nodes {
+            let token = format!("token-{node}-{}", std::process::id());
+            tokens.push_str(&format!("{token} {node}\n"));
+            write(&dir.join(format!("{node}.token")), &token)?;
+        }
+        write(&dir.join("bootstrap-tokens"), &tokens)?;
+        let mut empty = cluster.clone();
+        empty.pods.clear();
+        empty.write(&manifests).map_err(io("write the manifests"))?;
+
+        let control_ip = Ipv4Addr::new(127, b, 0, 1);
+        let control = Role::spawn(
+            "control",
+            &options.exe,
+            &strings(&[
+                "--log-level",
+                &options.log_level,
+                "control",
+                "--config-dir",
+                &manifests.display().to_string(),
+                "--ca-dir",
+                &dir.join("ca").display().to_string(),
+                "--bootstrap-tokens",
+                &dir.join("bootstrap-tokens").display().to_string(),
+                "--plaintext-addr",
+                &format!("{control_ip}:15010"),
+                "--tls-addr",
+                &format!("{control_ip}:15012"),
+                "--monitoring-addr",
+                &format!("{control_ip}:15014"),
+                "--debounce-ms",
+                "20",
+                "--poll-ms",
+                "100",
+            ]),
+            options.sink.clone(),
+        )
+        .map_err(io("start the control plane"))?;
+        wait_http(SocketAddr::from((control_ip, 15014)), "/ready", "control plane")?;
+
+        let nodes = options
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, name)| Node {
+                name: name.clone(),
+                ip: Ipv4Addr::new(127, b, 0, u8::try_from(k + 2).unwrap_or(255)),
+                proxy: None,
+                agent: None,
+            })
+            .collect();
+        let mut mesh = Self {
+            options,
+            cluster: Cluster {
+                namespaces: cluster.namespaces.clone(),
+                pods: Vec::new(),
+            },
+            nodes,
+            control,
+            topology,
+        };
+        for k in 0..mesh.nodes.len() {
+            mesh.start_agent(k)?;
+            mesh.start_proxy(k)?;
+        }
+        for k in 0..mesh.nodes.len() {
+            mesh.wait_proxy_ready(k)?;
+        }
+        for pod in cluster.pods {
+            mesh.add_pod(pod)?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn control(&self) -> &Role {
+        &self.control
+    }
+
+    pub fn control_monitoring(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(127, self.options.block, 0, 1), 15014))
+    }
+
+    /// The directory holding manifests, CA, tokens and sockets.
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+
+    /// Creates a pod: writes its manifest, waits until the control plane serves it, makes its
+    /// namespace on the wire and calls the CNI plugin's ADD (retried while the agent is away,
+    /// as a runtime retries sandbox creation).
+    pub fn add_pod(&mut self, pod: Pod) -> Result<(), MeshError> {
+        let key = pod.key();
+        let node = self
+            .node_index(&pod.node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {} of pod {key}", pod.node)))?;
+        self.cluster.pods.retain(|p| p.key() != key);
+        self.cluster.pods.push(pod.clone());
+        self.write_manifests()?;
+        self.wait_control_knows(&pod)?;
+        self.topology.add_pod(&key, pod.ip)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.cni("ADD", &pod, node) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Deletes a pod: CNI DEL, then its namespace, then its manifest.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let pod = self
+            .cluster
+            .pod(namespace, name)
+            .cloned()
+            .ok_or_else(|| MeshError::Unknown(format!("pod {namespace}/{name}")))?;
+        if let Some(node) = self.node_index(&pod.node) {
+            self.cni("DEL", &pod, node)?;
+        }
+        self.topology.remove_pod(&pod.key());
+        self.cluster.pods.retain(|p| p.key() != pod.key());
+        self.write_manifests()
+    }
+
+    /// Changes the cluster's manifests (labels of namespaces or pods) in place.
+    pub fn relabel(&mut self, change: impl FnOnce(&mut Cluster)) -> Result<(), MeshError> {
+        change(&mut self.cluster);
+        self.write_manifests()
+    }
+
+    /// Stops node `k`'s proxy (SIGTERM, drain) and, if `start` says so, starts it again and
+    /// waits until it is ready.
+    pub fn restart_proxy(&mut self, node: &str, start: bool) -> Result<(), MeshError> {
+        let k = self.known_node(node)?;
+        if let Some(mut role) = self.nodes[k].proxy.take() {
+            role.stop(Duration::from_secs(5));
+        }
+        if start {
+            self.start_proxy(k)?;
+            self.wait_proxy_ready(k)?;
+        }
+        Ok(())
+    }
+
+    /// Stops node `k`'s capture agent and, if `start` says so, starts it again.
+    pub fn restart_agent(&mut self, node: &str, start: bool) -> Result<(), MeshError> {
+        let k = self.known_node(node)?;
+        if let Some(mut role) = self.nodes[k].agent.take() {
+            role.stop(Duration::from_secs(5));
+        }
+        if start {
+            self.start_agent(k)?;
+        }
+        Ok(())
+    }
+
+    /// Node `name`'s admin (`/config_dump`), stats (`/stats/prometheus`) and readiness
+    /// addresses.
+    pub fn node_addrs(&self, name: &str) -> Option<NodeAddrs> {
+        self.nodes.iter().find(|n| n.name == name).map(|n| NodeAddrs {
+            admin: SocketAddr::from((n.ip, 15000)),
+            stats: SocketAddr::from((n.ip, 15020)),
+            readiness: SocketAddr::from((n.ip, 15021)),
+        })
+    }
+
+    /// Node `name`'s metrics text.
+    pub fn metrics(&self, name: &str) -> Result<String, MeshError> {
+        let addrs = self
+            .node_addrs(name)
+            .ok_or_else(|| MeshError::Unknown(format!("node {name}")))?;
+        http::get(addrs.stats, "/stats/prometheus", Duration::from_secs(5))
+            .map(|(_, body)| body)
+            .map_err(MeshError::NotReady)
+    }
+
+    /// Every line node `name`'s proxy printed.
+    pub fn proxy_lines(&self, name: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.proxy.as_ref())
+            .map(Role::lines)
+            .unwrap_or_default()
+    }
+
+    pub fn zds_socket(&self, node: &str) -> PathBuf {
+        self.options.dir.join(node).join("ztunnel.sock")
+    }
+
+    pub fn plugin_socket(&self, node: &str) -> PathBuf {
+        self.options.dir.join(node).join("pluginevent.sock")
+    }
+
+    // === helpers ===
+
+    fn start_agent(&mut self, k: usize) -> Result<(), MeshError> {
+        let name = self.nodes[k].name.clone();
+        let node_dir = self.options.dir.join(&name);
+        std::fs::create_dir_all(&node_dir).map_err(io("create the node directory"))?;
+        let control = Ipv4Addr::new(127, self.options.block, 0, 1);
+        let role = Role::spawn(
+            &format!("cni/{name}"),
+            &self.options.exe,
+            &strings(&[
+                "--log-level",
+                &self.options.log_level,
+                "cni",
+                "--node-name",
+                &name,
+                "--zds-socket",
+                &self.zds_socket(&name).display().to_string(),
+                "--plugin-socket",
+                &self.plugin_socket(&name).display().to_string(),
+                "--state-dir",
+                &node_dir.join("cni-state").display().to_string(),
+                "--xds-address",
+                &format!("{control}:15010"),
+                "--xds-plaintext",
+            ]),
+            self.options.sink.clone(),
+        )
+        .map_err(io("start the capture agent"))?;
+        self.nodes[k].agent = Some(role);
+        let sockets = [self.zds_socket(&name), self.plugin_socket(&name)];
+        wait(&format!("capture agent of {name}"), || {
+            sockets.iter().all(|s| s.exists())
+        })
+    }
+
+    fn start_proxy(&mut self, k: usize) -> Result<(), MeshError> {
+        let name = self.nodes[k].name.clone();
+        let ip = self.nodes[k].ip;
+        let control = Ipv4Addr::new(127, self.options.block, 0, 1);
+        let dir = &self.options.dir;
+        let role = Role::spawn(
+            &format!("node/{name}"),
+            &self.options.exe,
+            &strings(&[
+                "--log-level",
+                &self.options.log_level,
+                "node",
+                "--node-name",
+                &name,
+                "--xds-address",
+                &format!("{control}:15012"),
+                "--server-name",
+                "istiod.istio-system.svc",
+                "--root-cert",
+                &dir.join("ca").join("root-cert.pem").display().to_string(),
+                "--token-file",
+                &dir.join(format!("{name}.token")).display().to_string(),
+                "--inpod",
+                "--inpod-uds",
+                &self.zds_socket(&name).display().to_string(),
+                "--outbound-addr",
+                "off",
+                "--inbound-passthrough-addr",
+                "off",
+                "--socks5-addr",
+                "off",
+                "--admin-addr",
+                &format!("{ip}:15000"),
+                "--stats-addr",
+                &format!("{ip}:15020"),
+                "--readiness-addr",
+                &format!("{ip}:15021"),
+                "--drain-seconds",
+                "2",
+            ]),
+            self.options.sink.clone(),
+        )
+        .map_err(io("start the node proxy"))?;
+        self.nodes[k].proxy = Some(role);
+        Ok(())
+    }
+
+    fn wait_proxy_ready(&self, k: usize) -> Result<(), MeshError> {
+        let node = &self.nodes[k];
+        wait_http(
+            SocketAddr::from((node.ip, 15021)),
+            "/healthz/ready",
+            &format!("node proxy of {}", node.name),
+        )
+    }
+
+    fn wait_control_knows(&self, pod: &Pod) -> Result<(), MeshError> {
+        let addr = self.control_monitoring();
+        let needle = format!("\"{}\"", pod.ip);
+        wait(&format!("control plane to serve {}", pod.key()), || {
+            http::get(addr, "/debug/workloads", Duration::from_secs(2))
+                .is_ok_and(|(_, body)| body.contains(&needle))
+        })
+    }
+
+    fn write_manifests(&self) -> Result<(), MeshError> {
+        self.cluster
+            .write(&self.options.dir.join("manifests"))
+            .map_err(io("write the manifests"))
+    }
+
+    fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    fn known_node(&self, name: &str) -> Result<usize, MeshError> {
+        self.node_index(name)
+            .ok_or_else(|| MeshError::Unknown(format!("node {name}")))
+    }
+
+    /// Runs `ambit cni plugin` as a runtime would for `pod` on node `k`.
+    fn cni(&self, command: &str, pod: &Pod, k: usize) -> Result<(), MeshError> {
+        let node = &self.nodes[k].name;
+        let netns = self
+            .topology
+            .pod(&pod.key())
+            .map(|p| p.netns_path().display().to_string())
+            .unwrap_or_default();
+        let config = format!(
+            concat!(
+                r#"{{"cniVersion":"1.0.0","name":"ambit","type":"ambit-cni","#,
+                r#""ambit":{{"agent_socket":"{socket}"}},"#,
+                r#""prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{netns}"}}],"#,
+                r#""ips":[{{"address":"{ip}/16","interface":0}}]}}}}"#
+            ),
+            socket = self.plugin_socket(node).display(),
+            netns = netns,
+            ip = pod.ip,
+        );
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=sandbox-{};K8S_POD_UID={}",
+            pod.namespace,
+            pod.name,
+            pod.name,
+            pod.uid()
+        );
+        let mut child = Command::new(&self.options.exe)
+            .args(["cni", "plugin"])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("sandbox-{}", pod.uid()))
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("run the CNI plugin"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(config.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(io("run the CNI plugin"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(MeshError::Plugin {
+                pod: pod.key(),
+                output: format!(
+                    "{} {}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            })
+        }
+    }
+}
+
+/// Where a node proxy's servers listen.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAddrs {
+    pub admin: SocketAddr,
+    pub stats: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+fn wait_http(addr: SocketAddr, path: &str, what: &str) -> Result<(), MeshError> {
+    wait(what, || {
+        http::get(addr, path, Duration::from_secs(2)).is_ok_and(|(status, _)| status == 200)
+    })
+}
+
+fn wait(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), MeshError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(MeshError::NotReady(format!(
+                "{what}: not ready after {READY_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), MeshError> {
+    std::fs::write(path, text).map_err(io(&format!("write {}", path.display())))
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> MeshError + '_ {
+    move |source| MeshError::Io {
+        what: format!("cannot {what}"),
+        source,
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
