@@ -65,9 +65,7 @@ impl SeqpacketListener {
                     .map_err(io::Error::from)
             })
             .await?;
-        Ok(SeqpacketStream {
-            fd: register(fd)?,
-        })
+        Ok(SeqpacketStream { fd: register(fd)? })
     }
 }
 
@@ -104,14 +102,7 @@ impl SeqpacketStream {
             SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
             None,
         )?;
-        Ok((
-            Self {
-                fd: register(a)?,
-            },
-            Self {
-                fd: register(b)?,
-            },
-        ))
+        Ok((Self { fd: register(a)? }, Self { fd: register(b)? }))
     }
 
     /// Sends `data` as one datagram with `fds` attached.

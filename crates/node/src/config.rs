@@ -40,6 +40,25 @@ pub struct NodeConfig {
     pub pool: PoolConfig,
     /// Where access logs and metrics go; share it with the admin and stats servers.
     pub telemetry: Telemetry,
+    /// In-pod mode: pods arrive over ZDS and are served by listeners inside their own network
+    /// namespaces. `None`: shared mode (HBONE listeners on local workload addresses).
+    pub inpod: Option<InPodConfig>,
+}
+
+/// In-pod mode (Istio's `INPOD_ENABLED`): where the capture agent's ZDS socket is and how the
+/// listeners opened inside each pod look.
+#[derive(Debug, Clone)]
+pub struct InPodConfig {
+    /// The capture agent's seqpacket socket (Istio's `INPOD_UDS`).
+    pub zds_socket: PathBuf,
+    /// `SO_MARK` of every socket opened in a pod (Istio's `INPOD_MARK`, 1337 = 0x539): the
+    /// pod's redirection rules let marked traffic through.
+    pub mark: u32,
+    /// Port of the outbound listener, on `127.0.0.1` inside each pod (15001).
+    pub outbound_port: u16,
+    /// Port of the inbound plaintext listener, on every address inside each pod (15006). The
+    /// HBONE listener beside it takes [`ListenerConfig::hbone_port`].
+    pub inbound_passthrough_port: u16,
 }
 
 /// Where the mesh configuration comes from.
@@ -145,6 +164,24 @@ impl NodeConfig {
             timeouts: Timeouts::default(),
             pool: PoolConfig::default(),
             telemetry: Telemetry::new(Arc::new(Metrics::new()), LogFormat::default()),
+            inpod: None,
+        }
+    }
+}
+
+impl InPodConfig {
+    /// Istio's default ZDS socket.
+    pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
+    /// Istio's default mark of the proxy's own sockets.
+    pub const DEFAULT_MARK: u32 = 0x539;
+
+    /// Istio's mark and ports, with the ZDS socket at `zds_socket`.
+    pub fn new(zds_socket: impl Into<PathBuf>) -> Self {
+        Self {
+            zds_socket: zds_socket.into(),
+            mark: Self::DEFAULT_MARK,
+            outbound_port: 15001,
+            inbound_passthrough_port: 15006,
         }
     }
 }

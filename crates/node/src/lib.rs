@@ -16,6 +16,8 @@
 //! - [`proxy`]: [`NodeProxy`] (start, drain), the listeners, the outbound, inbound HBONE and
 //!   inbound passthrough paths, and [`proxy::authorize`], where policy is decided.
 //! - [`hbone`]: HBONE client, connection pool, tunnel streams and headers.
+//! - [`inpod`]: in-pod mode: the ZDS client and the listener sets inside each pod's network
+//!   namespace.
 //! - [`state`]: [`ProxyState`], the mesh as WDS (or [`local_config`]) describes it, and the
 //!   JSON snapshots behind `/config_dump`.
 //! - [`certs`]: workload certificates and the TLS configs built from them.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod control;
 mod copy;
 pub mod hbone;
+pub mod inpod;
 pub mod local_config;
 pub mod proxy;
 pub mod state;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use ambit_identity::TrustDomain;
 use ambit_node::admin::{self, Admin, LogControl};
 use ambit_node::config::{
-    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, ListenerConfig,
+    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, InPodConfig,
+    ListenerConfig,
 };
 use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
 use ambit_node::{NodeConfig, NodeProxy};
@@ -97,6 +98,19 @@ pub(crate) struct NodeArgs {
     /// How long open connections may finish after SIGTERM before they are closed.
     #[arg(long, default_value_t = 30)]
     drain_seconds: u64,
+
+    /// In-pod mode: serve each pod from listeners inside its network namespace, as the capture
+    /// agent hands them over ZDS (instead of HBONE listeners on local workload addresses).
+    #[arg(long, env = "INPOD_ENABLED", value_parser = clap::builder::BoolishValueParser::new())]
+    inpod: bool,
+
+    /// The capture agent's ZDS socket (in-pod mode).
+    #[arg(long, env = "INPOD_UDS", default_value = InPodConfig::DEFAULT_ZDS_SOCKET)]
+    inpod_uds: PathBuf,
+
+    /// `SO_MARK` of the sockets the proxy opens inside pods (in-pod mode).
+    #[arg(long, env = "INPOD_MARK", default_value_t = InPodConfig::DEFAULT_MARK)]
+    inpod_mark: u32,
 }
 
 pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Result<()> {
@@ -149,6 +163,12 @@ pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Re
         hbone_port: args.hbone_port,
     };
     config.drain_deadline = Duration::from_secs(args.drain_seconds);
+    if args.inpod {
+        config.inpod = Some(InPodConfig {
+            mark: args.inpod_mark,
+            ..InPodConfig::new(args.inpod_uds.clone())
+        });
+    }
     config.telemetry = telemetry.clone();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

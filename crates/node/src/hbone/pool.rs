@@ -1,8 +1,10 @@
 //! The outbound HBONE connection pool.
 //!
 //! Connections are keyed by (source identity, expected destination identities, destination
-//! address): a tunnel only ever rides a connection whose TLS handshake proved exactly what this
-//! tunnel needs. One connection carries up to `max_streams` concurrent tunnels; beyond that a
+//! address, source network namespace): a tunnel only ever rides a connection whose TLS
+//! handshake proved exactly what this tunnel needs, dialed from the namespace the tunnel's
+//! connection came from (in in-pod mode, the source pod's: two pods with one service account
+//! never share a connection, and a pod's connections leave the pool with it). One connection carries up to `max_streams` concurrent tunnels; beyond that a
 //! new one is opened. Dialing is serialized per key, so a burst of new tunnels to one
 //! destination opens one connection, not a hundred.
 //!
@@ -38,6 +40,9 @@ pub(crate) struct PoolKey {
     pub(crate) src: SpiffeId,
     pub(crate) dst: Vec<SpiffeId>,
     pub(crate) addr: SocketAddr,
+    /// The inode of the pod network namespace the connection was dialed from; `None` for the
+    /// proxy's own.
+    pub(crate) netns: Option<u64>,
 }
 
 /// Shared HBONE connections. Cheap to clone.
@@ -134,6 +139,14 @@ impl Pool {
         self.release_dial_lock(key, lock);
         let (mut sender, lease) = leased?;
         send_connect(&mut sender, request, timeout, Some(lease)).await
+    }
+
+    /// Takes every connection dialed from network namespace `netns` out of the pool (its pod
+    /// left); each closes when its last tunnel ends.
+    pub(crate) fn evict_netns(&self, netns: u64) {
+        self.inner
+            .lock_conns()
+            .retain(|key, _| key.netns != Some(netns));
     }
 
     /// Open connections and the tunnels they carry, for `/config_dump`.

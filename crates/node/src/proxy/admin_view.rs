@@ -31,7 +31,8 @@ impl AdminView {
         Ok(())
     }
 
-    /// The body of `/config_dump`: the state's snapshot plus listeners and the HBONE pool.
+    /// The body of `/config_dump`: the state's snapshot plus listeners, the HBONE pool and, in
+    /// in-pod mode, the pods served (`inpod`).
     pub fn config_dump(&self) -> Value {
         let mut dump = self.inputs.state.config_dump();
         let hbone: Vec<String> = self
@@ -46,7 +47,7 @@ impl AdminView {
             map.insert(
                 "listeners".to_owned(),
                 json!({
-                    "shared": self.inputs.own.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "shared": self.inputs.shared.own().iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "hbone": hbone,
                 }),
             );
@@ -59,6 +60,12 @@ impl AdminView {
                 "controlPlaneConnected".to_owned(),
                 json!(self.inputs.xds.as_ref().map(|x| x.connected())),
             );
+            if let Some(pods) = &self.inputs.inpod {
+                map.insert(
+                    "inpod".to_owned(),
+                    json!({ "zdsConnected": pods.is_connected(), "pods": pods.statuses() }),
+                );
+            }
         }
         dump
     }

@@ -57,6 +57,35 @@ pub(crate) struct Counted {
 // === impl Drain ===
 
 impl Drain {
+    /// The signals of a listener set that can also stop on its own (one pod's, in in-pod
+    /// mode): it stops accepting and aborts its connections when this drain does or when
+    /// [`Drain::abort`] is called on it. Its connections are tracked here, and this drain's
+    /// first step waits for its accept loops too.
+    pub(crate) fn child(&self) -> Self {
+        let child = Self {
+            stop_accepting: self.stop_accepting.child_token(),
+            force: self.force.child_token(),
+            tracker: self.tracker.clone(),
+            listeners: TaskTracker::new(),
+        };
+        let (stop, loops) = (child.stop_accepting.clone(), child.listeners.clone());
+        self.listeners.spawn(async move {
+            stop.cancelled().await;
+            loops.close();
+            loops.wait().await;
+        });
+        child
+    }
+
+    /// Closes a [`Drain::child`]'s listeners and aborts its connections now; returns once
+    /// every listener is closed.
+    pub(crate) async fn abort(&self) {
+        self.stop_accepting.cancel();
+        self.force.cancel();
+        self.listeners.close();
+        self.listeners.wait().await;
+    }
+
     /// Stops accepting, waits up to `deadline` for connections, then aborts the rest. Logs
     /// both steps. Returns how many connections had to be aborted.
     pub(crate) async fn run(&self, deadline: Duration, counts: &ConnectionCounts) -> usize {

@@ -7,8 +7,9 @@
 //!   and the stream is authorized with that identity before the application is dialed.
 //! - A tunnel reaches only the workload that owns the address the connection arrived on, and
 //!   only at an address of that workload (`:authority`); anything else is a 400.
-//! - The application is dialed from the proxy's own address (shared mode has no transparent
-//!   source spoofing); the original source travels in `Forwarded` and the access log.
+//! - The application is dialed from the namespace the connection arrived in: the proxy's own
+//!   address in shared mode (no transparent source spoofing), the pod's own address in in-pod
+//!   mode; the original source travels in `Forwarded` and the access log.
 //! - A hostile peer costs bounded time and memory: handshakes time out, a connection without
 //!   streams idles out, HTTP/2 limits bound streams, headers and buffers (see
 //!   [`crate::hbone`]), and one connection's failure never touches another.
@@ -31,6 +32,7 @@ use super::Inputs;
 use super::authorize::authorize;
 use super::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info};
 use super::drain::Kind;
+use super::scope::Scope;
 use super::socket::{self, canonical};
 use crate::copy::{self, Transferred};
 use crate::hbone::headers::forwarded_for;
@@ -40,7 +42,12 @@ use crate::state::{Protocol, Workload};
 use crate::telemetry::{ConnectionInfo, Direction, ResponseFlags, SecurityPolicy};
 
 /// Serves one TCP connection accepted on a workload's 15008.
-pub(crate) async fn serve(inputs: Arc<Inputs>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let local = match tcp.local_addr() {
         Ok(addr) => canonical(addr),
         Err(_) => return,
@@ -101,6 +108,7 @@ pub(crate) async fn serve(inputs: Arc<Inputs>, tcp: TcpStream, peer: SocketAddr)
                     idle_since = None;
                     let stream = Stream {
                         inputs: inputs.clone(),
+                        scope: scope.clone(),
                         workload: workload.clone(),
                         peer_id: peer_id.clone(),
                         peer,
@@ -144,6 +152,7 @@ pub(crate) async fn serve(inputs: Arc<Inputs>, tcp: TcpStream, peer: SocketAddr)
 /// One CONNECT stream on an established connection.
 struct Stream {
     inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
     workload: Arc<Workload>,
     peer_id: SpiffeId,
     peer: SocketAddr,
@@ -189,7 +198,8 @@ impl Stream {
             return guard.finish_with_flags(ResponseFlags::Deny, Some(reason));
         }
         let timeouts = &inputs.config.timeouts;
-        let app = match socket::connect(inputs.factory.as_ref(), target, timeouts.connect).await {
+        let factory = self.scope.factory.as_ref();
+        let app = match socket::connect(factory, target, timeouts.connect).await {
             Ok(app) => app,
             Err(e) => {
                 send_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE);

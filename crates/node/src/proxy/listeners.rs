@@ -1,11 +1,12 @@
 //! The listener set of one network namespace, and the accept loop every listener runs.
 //!
 //! In shared mode there is one [`Listeners`] set, in the proxy's own namespace. In-pod mode
-//! (a later issue) creates one set per pod, through a [`SocketFactory`] that binds inside the
-//! pod's namespace; nothing else here changes.
+//! (`crate::inpod`) opens one set per pod through a [`SocketFactory`] that binds inside the
+//! pod's namespace, and serves it with the same [`accept_loop`] and handlers, each connection
+//! carrying its set's [`Scope`].
 //!
-//! Each accepted connection runs as a task of the drain tracker; an accept loop ends when the
-//! proxy stops accepting, dropping (closing) its listener.
+//! Each accepted connection runs as a task of the drain tracker; an accept loop ends when its
+//! set stops accepting (the proxy drains, or a pod leaves), dropping (closing) its listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::drain::Drain;
+use super::scope::Scope;
 use super::socket::{SocketFactory, canonical};
 use super::{Inputs, StartError, outbound, passthrough, socks5};
 use crate::config::ListenerConfig;
@@ -55,6 +57,19 @@ impl Listeners {
         })
     }
 
+    /// A set of listeners bound elsewhere (a pod's, by `crate::inpod`).
+    pub(crate) fn from_bound(
+        outbound: Option<TcpListener>,
+        passthrough: Option<TcpListener>,
+        socks5: Option<TcpListener>,
+    ) -> Self {
+        Self {
+            outbound,
+            passthrough,
+            socks5,
+        }
+    }
+
     pub fn addrs(&self) -> BoundAddrs {
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         BoundAddrs {
@@ -64,33 +79,30 @@ impl Listeners {
         }
     }
 
-    /// Starts the accept loops.
-    pub(crate) fn serve(self, inputs: &Arc<Inputs>) {
-        let stop = inputs.drain.stop_accepting.clone();
+    /// Starts the accept loops; connections open their sockets through `scope` and stop with
+    /// `drain`.
+    pub(crate) fn serve(self, inputs: &Arc<Inputs>, scope: &Arc<Scope>, drain: &Drain) {
+        let stop = drain.stop_accepting.clone();
         if let Some(listener) = self.outbound {
-            let i = inputs.clone();
-            accept_loop(
-                "outbound",
-                listener,
-                &inputs.drain,
-                stop.clone(),
-                move |s, p| outbound::serve_redirected(i.clone(), s, p),
-            );
+            let (i, sc) = (inputs.clone(), scope.clone());
+            accept_loop("outbound", listener, drain, stop.clone(), move |s, p| {
+                outbound::serve_redirected(i.clone(), sc.clone(), s, p)
+            });
         }
         if let Some(listener) = self.passthrough {
-            let i = inputs.clone();
+            let (i, sc) = (inputs.clone(), scope.clone());
             accept_loop(
                 "inbound passthrough",
                 listener,
-                &inputs.drain,
+                drain,
                 stop.clone(),
-                move |s, p| passthrough::serve(i.clone(), s, p),
+                move |s, p| passthrough::serve(i.clone(), sc.clone(), s, p),
             );
         }
         if let Some(listener) = self.socks5 {
-            let i = inputs.clone();
-            accept_loop("SOCKS5", listener, &inputs.drain, stop, move |s, p| {
-                socks5::serve(i.clone(), s, p)
+            let (i, sc) = (inputs.clone(), scope.clone());
+            accept_loop("SOCKS5", listener, drain, stop, move |s, p| {
+                socks5::serve(i.clone(), sc.clone(), s, p)
             });
         }
     }

@@ -3,7 +3,9 @@
 //! [`NodeProxy::start`] builds the certificate source, fills the state (WDS client or local
 //! file), binds every listener of the proxy's own network namespace ([`Listeners`]) before
 //! returning, and starts the per-workload HBONE listeners (`workload_listeners`) that follow
-//! the state. Connections run as tasks tracked by the `drain` signals.
+//! the state — or, in in-pod mode, the ZDS client ([`crate::inpod`]) that opens a listener set
+//! inside each pod's network namespace instead. Connections run as tasks tracked by the `drain`
+//! signals, and open their sockets in the namespace they arrived in (`scope`).
 //!
 //! Data path, shared mode:
 //!
@@ -18,9 +20,10 @@ pub mod authorize;
 pub(crate) mod conn;
 pub(crate) mod drain;
 pub(crate) mod inbound;
-mod listeners;
+pub(crate) mod listeners;
 pub(crate) mod outbound;
-mod passthrough;
+pub(crate) mod passthrough;
+pub(crate) mod scope;
 pub mod socket;
 mod socks5;
 mod workload_listeners;
@@ -39,11 +42,13 @@ pub use self::conn::ConnInfo;
 pub use self::drain::ConnectionCounts;
 use self::drain::Drain;
 pub use self::listeners::{BoundAddrs, Listeners};
+use self::scope::Scope;
 pub use self::socket::{DefaultSocketFactory, SocketFactory};
 use crate::certs::{Certificates, NodeSigner, RootsError, read_roots};
 use crate::config::{CertificateSource, ConfigSource, NodeConfig};
 use crate::control::{self, ControlError};
 use crate::hbone::pool::Pool;
+use crate::inpod::{InPod, InPodStatus};
 use crate::local_config::{LocalConfig, LocalConfigError};
 use crate::state::handler::WdsHandler;
 use crate::state::{NodeInfo, ProxyState};
@@ -89,11 +94,12 @@ pub(crate) struct Inputs {
     pub(crate) state: ProxyState,
     pub(crate) telemetry: Telemetry,
     pub(crate) pool: Pool,
-    pub(crate) factory: Arc<dyn SocketFactory>,
+    /// The proxy's own network namespace: its factory and shared listener addresses.
+    pub(crate) shared: Arc<Scope>,
     pub(crate) xds: Option<ClientHandle>,
     pub(crate) drain: Drain,
-    /// This proxy's own listener addresses: a connection to one of them is a loop.
-    pub(crate) own: Vec<SocketAddr>,
+    /// The pods served in their own namespaces; `None` in shared mode.
+    pub(crate) inpod: Option<Arc<InPod>>,
 }
 
 impl NodeProxy {
@@ -102,8 +108,9 @@ impl NodeProxy {
         Self::start_with(config, Arc::new(DefaultSocketFactory::default())).await
     }
 
-    /// Starts a proxy creating its sockets with `factory`. Every listener of the configuration
-    /// is bound when this returns; HBONE listeners on workload addresses follow the state.
+    /// Starts a proxy creating its shared-mode sockets with `factory`. Every listener of the
+    /// configuration is bound when this returns; HBONE listeners on workload addresses follow
+    /// the state (shared mode) or pods arrive over ZDS (in-pod mode, `config.inpod`).
     pub async fn start_with(
         config: NodeConfig,
         factory: Arc<dyn SocketFactory>,
@@ -142,15 +149,20 @@ impl NodeProxy {
             ),
             telemetry: config.telemetry.clone(),
             state,
-            factory,
+            shared: Arc::new(Scope::shared(factory, addrs.all())),
             xds,
-            own: addrs.all(),
             drain,
+            inpod: config.inpod.is_some().then(Arc::default),
             config,
         });
-        listeners.serve(&inputs);
+        listeners.serve(&inputs, &inputs.shared, &inputs.drain);
         let hbone = Arc::new(Mutex::default());
-        workload_listeners::spawn(inputs.clone(), hbone.clone());
+        // In-pod mode binds 15008 inside each pod instead; certificates are prefetched alike.
+        let per_workload = inputs.inpod.is_none();
+        workload_listeners::spawn(inputs.clone(), hbone.clone(), per_workload);
+        if let (Some(pods), Some(config)) = (&inputs.inpod, &inputs.config.inpod) {
+            crate::inpod::spawn(inputs.clone(), pods.clone(), config.clone());
+        }
         spawn_metrics_sync(&inputs);
         info!(node = %inputs.config.node_name, ?addrs, "node proxy started");
         Ok(Self {
@@ -202,6 +214,20 @@ impl NodeProxy {
         }
     }
 
+    /// The pods served in their own network namespaces (in-pod mode; empty otherwise).
+    pub fn inpod_pods(&self) -> Vec<InPodStatus> {
+        self.inputs
+            .inpod
+            .as_ref()
+            .map(|pods| pods.statuses())
+            .unwrap_or_default()
+    }
+
+    /// Whether the ZDS connection to the capture agent is up (`None` outside in-pod mode).
+    pub fn zds_connected(&self) -> Option<bool> {
+        self.inputs.inpod.as_ref().map(|pods| pods.is_connected())
+    }
+
     /// Whether the WDS stream is up (`None` without a control plane).
     pub fn control_plane_connected(&self) -> Option<bool> {
         self.inputs.xds.as_ref().map(ClientHandle::connected)
@@ -235,15 +261,6 @@ impl Drop for NodeProxy {
         if let Some(xds) = &self.inputs.xds {
             xds.shutdown();
         }
-    }
-}
-
-impl Inputs {
-    /// Whether `addr` is one of this proxy's own listeners (a redirect loop).
-    pub(crate) fn is_own(&self, addr: SocketAddr) -> bool {
-        self.own.iter().any(|own| {
-            own.port() == addr.port() && (own.ip() == addr.ip() || own.ip().is_unspecified())
-        })
     }
 }
 

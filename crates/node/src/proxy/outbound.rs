@@ -10,6 +10,9 @@
 //!    certificate and accepting only the destination's identity; anything else is plain TCP
 //!    to the address, and says so (`connection_security_policy="unknown"`).
 //!
+//! Every upstream socket (to a peer's 15008 or a destination outside the mesh) is opened in the
+//! namespace the connection arrived in: in in-pod mode, the source pod's, with the proxy's mark.
+//!
 //! Invariant: fail closed. A mesh destination is never sent a byte unencrypted: no source
 //! workload, no certificate, or a wrong peer identity refuses the connection (and logs it).
 
@@ -26,6 +29,7 @@ use tracing::debug;
 use super::Inputs;
 use super::conn::{bare_info, error_chain, peer_info, service_info};
 use super::drain::Kind;
+use super::scope::Scope;
 use super::socket::{self, original_dst};
 use super::socks5::{self, Reply};
 use crate::copy::{self, Reader, Transferred, Writer};
@@ -75,23 +79,29 @@ enum Route {
 }
 
 /// Serves a connection redirected to 15001.
-pub(crate) async fn serve_redirected(inputs: Arc<Inputs>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve_redirected(
+    inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let local = stream.local_addr().map(socket::canonical);
     let dst = original_dst(&stream).or(local.ok()).unwrap_or(peer);
-    run(&inputs, stream, peer, dst, false).await;
+    run(&inputs, &scope, stream, peer, dst, false).await;
 }
 
 /// Proxies `stream` from `src` to its original destination `dst`; `socks` says a SOCKS5
 /// reply is owed once the upstream is connected.
 pub(crate) async fn run(
     inputs: &Inputs,
+    scope: &Scope,
     mut stream: TcpStream,
     src: SocketAddr,
     dst: SocketAddr,
     socks: bool,
 ) {
     let _counted = inputs.state.connections().open(Kind::Outbound);
-    let (source, route, info) = match prepare(inputs, src, dst).await {
+    let (source, route, info) = match prepare(inputs, scope, src, dst).await {
         Ok(prepared) => prepared,
         Err(e) => {
             if socks {
@@ -103,7 +113,7 @@ pub(crate) async fn run(
         }
     };
     let mut guard = inputs.telemetry.open(info);
-    let upstream = match connect(inputs, &source, src, &route).await {
+    let upstream = match connect(inputs, scope, &source, src, &route).await {
         Ok(upstream) => upstream,
         Err(e) => {
             if socks {
@@ -136,10 +146,11 @@ pub(crate) async fn run(
 /// Identifies the source, resolves the destination and describes the connection.
 async fn prepare(
     inputs: &Inputs,
+    scope: &Scope,
     src: SocketAddr,
     dst: SocketAddr,
 ) -> Result<(Arc<Workload>, Route, ConnectionInfo), OutboundError> {
-    if inputs.is_own(dst) {
+    if scope.is_own(dst) {
         return Err(OutboundError::Loop(dst));
     }
     let source = inputs
@@ -215,6 +226,7 @@ async fn resolve(inputs: &Inputs, dst: SocketAddr) -> Result<Upstream, ResolveEr
 /// Opens the upstream side: a tunnel through the pool, or a TCP connection.
 async fn connect(
     inputs: &Inputs,
+    scope: &Scope,
     source: &Workload,
     src: SocketAddr,
     route: &Route,
@@ -222,7 +234,7 @@ async fn connect(
     let timeouts = &inputs.config.timeouts;
     match route {
         Route::Tcp(addr) => {
-            let tcp = socket::connect(inputs.factory.as_ref(), *addr, timeouts.connect)
+            let tcp = socket::connect(scope.factory.as_ref(), *addr, timeouts.connect)
                 .await
                 .map_err(|source| OutboundError::Connect {
                     addr: *addr,
@@ -252,6 +264,7 @@ async fn connect(
                 src: source.identity.clone(),
                 dst: expected.clone(),
                 addr: *hbone,
+                netns: scope.netns,
             };
             let request = ConnectRequest {
                 target: *target,
@@ -262,7 +275,7 @@ async fn connect(
                 let tls = certs.client_config(&cert, expected.clone())?;
                 let pool = &inputs.config.pool;
                 client::connect(
-                    inputs.factory.as_ref(),
+                    scope.factory.as_ref(),
                     *hbone,
                     tls,
                     timeouts.connect,

@@ -4,7 +4,8 @@
 //! The connection carries no identity, so it is authorized as such (a policy requiring mTLS
 //! denies it) and reported with `connection_security_policy="unknown"`. Only redirected
 //! connections are served: without an original destination the connection was addressed to
-//! the proxy itself, which would loop.
+//! the proxy itself, which would loop. The application is dialed from the namespace the
+//! connection arrived in (the pod's, in in-pod mode).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,17 +17,23 @@ use super::Inputs;
 use super::authorize::authorize;
 use super::conn::{ConnInfo, bare_info, error_chain, peer_info};
 use super::drain::Kind;
+use super::scope::Scope;
 use super::socket::{self, original_dst};
 use crate::copy::{self, Transferred};
 use crate::telemetry::{Direction, ResponseFlags};
 
 /// Serves one connection accepted on 15006.
-pub(crate) async fn serve(inputs: Arc<Inputs>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let _counted = inputs.state.connections().open(Kind::Passthrough);
     let local = stream.local_addr().map(socket::canonical).unwrap_or(peer);
     let dst = original_dst(&stream).unwrap_or(local);
     let mut info = bare_info(Direction::Inbound, peer, dst);
-    if inputs.is_own(dst) {
+    if scope.is_own(dst) {
         let reason = "not redirected: the connection has no original destination";
         return inputs.telemetry.log_refused(&info, reason);
     }
@@ -51,7 +58,7 @@ pub(crate) async fn serve(inputs: Arc<Inputs>, stream: TcpStream, peer: SocketAd
         return guard.finish_with_flags(ResponseFlags::Deny, Some(reason));
     }
     let timeouts = &inputs.config.timeouts;
-    let app = match socket::connect(inputs.factory.as_ref(), dst, timeouts.connect).await {
+    let app = match socket::connect(scope.factory.as_ref(), dst, timeouts.connect).await {
         Ok(app) => app,
         Err(e) => {
             let error = format!("cannot connect to {dst}: {e}");

@@ -1,9 +1,9 @@
 //! Sockets: where listeners are bound and outbound connections are made from.
 //!
 //! Everything that creates a socket goes through a [`SocketFactory`], so the same listener and
-//! connection code can later run inside each pod's network namespace (in-pod mode: the factory
-//! enters the namespace and marks sockets) while shared mode uses [`DefaultSocketFactory`] in
-//! the proxy's own namespace.
+//! connection code runs inside each pod's network namespace (in-pod mode:
+//! [`crate::inpod::NetnsSocketFactory`] creates sockets in the namespace and marks them) while
+//! shared mode uses [`DefaultSocketFactory`] in the proxy's own namespace.
 //!
 //! Listeners set `SO_REUSEPORT`, so a new proxy process can bind beside a draining one and take
 //! over new connections without a gap.
@@ -38,15 +38,7 @@ pub struct DefaultSocketFactory {
 impl SocketFactory for DefaultSocketFactory {
     fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(BACKLOG)?;
-        TcpListener::from_std(socket.into())
+        listen_on(socket, addr)
     }
 
     fn connect_socket(&self, dst: SocketAddr) -> io::Result<TcpSocket> {
@@ -61,6 +53,20 @@ impl SocketFactory for DefaultSocketFactory {
         socket.set_nodelay(true)?;
         Ok(socket)
     }
+}
+
+/// Makes a fresh TCP `socket` a listener on `addr`, as every factory's listeners are: address
+/// and port reuse, IPv6-only for IPv6 addresses, non-blocking, registered with the runtime.
+pub(crate) fn listen_on(socket: Socket, addr: SocketAddr) -> io::Result<TcpListener> {
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Connects to `dst` through `factory` within `timeout`.

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use super::Inputs;
 use super::conn::bare_info;
 use super::outbound;
+use super::scope::Scope;
 use crate::telemetry::Direction;
 
 const VERSION: u8 = 5;
@@ -58,13 +59,18 @@ pub(crate) enum Socks5Error {
 }
 
 /// Serves one SOCKS5 client: handshake, then the outbound path.
-pub(crate) async fn serve(inputs: Arc<Inputs>, mut stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
     let timeout = inputs.config.timeouts.handshake;
     let request = tokio::time::timeout(timeout, handshake(&mut stream))
         .await
         .unwrap_or(Err(Socks5Error::Timeout(timeout)));
     match request {
-        Ok(dst) => outbound::run(&inputs, stream, peer, dst, true).await,
+        Ok(dst) => outbound::run(&inputs, &scope, stream, peer, dst, true).await,
         Err(e) => {
             let local = stream.local_addr().unwrap_or(peer);
             if let Some(code) = e.reply() {

@@ -12,6 +12,9 @@
 //! closed when it goes. A bind failure is logged once per address and retried on the next
 //! change. Certificates of identities new on the node are fetched ahead of the first
 //! connection; those whose last local workload left are forgotten by the certificate cache.
+//!
+//! In in-pod mode the HBONE listeners live inside each pod's namespace (`crate::inpod`), so
+//! this set binds nothing and only keeps the certificates of local identities current.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -25,13 +28,19 @@ use super::listeners::accept_loop;
 use super::{Inputs, inbound};
 use crate::state::Protocol;
 
-/// Starts following the state; `bound` mirrors the listeners open at any time.
-pub(crate) fn spawn(inputs: Arc<Inputs>, bound: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>) {
+/// Starts following the state; `bound` mirrors the listeners open at any time. Without
+/// `listen`, only certificates follow the state.
+pub(crate) fn spawn(
+    inputs: Arc<Inputs>,
+    bound: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>,
+    listen: bool,
+) {
     tokio::spawn(async move {
         let stop = inputs.drain.stop_accepting.clone();
         let mut changes = inputs.state.subscribe();
         let mut set = Set {
             inputs,
+            listen,
             bound,
             open: HashMap::new(),
             failed: BTreeSet::new(),
@@ -50,6 +59,8 @@ pub(crate) fn spawn(inputs: Arc<Inputs>, bound: Arc<Mutex<BTreeMap<IpAddr, Socke
 
 struct Set {
     inputs: Arc<Inputs>,
+    /// Shared mode: bind the listeners (in-pod mode only prefetches certificates).
+    listen: bool,
     bound: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>,
     open: HashMap<IpAddr, CancellationToken>,
     failed: BTreeSet<IpAddr>,
@@ -61,7 +72,7 @@ impl Set {
         let local = self.inputs.state.local_workloads();
         let wanted: BTreeSet<IpAddr> = local
             .iter()
-            .filter(|w| w.protocol == Protocol::Hbone && !w.host_network)
+            .filter(|w| self.listen && w.protocol == Protocol::Hbone && !w.host_network)
             .flat_map(|w| w.addresses.iter().copied())
             .collect();
         let stale: Vec<IpAddr> = self
@@ -96,17 +107,18 @@ impl Set {
 
     fn bind(&mut self, ip: IpAddr) {
         let addr = SocketAddr::new(ip, self.inputs.config.listeners.hbone_port);
-        match self.inputs.factory.listen(addr) {
+        let scope = &self.inputs.shared;
+        match scope.factory.listen(addr) {
             Ok(listener) => {
                 let addr = listener.local_addr().unwrap_or(addr);
                 let token = self.inputs.drain.stop_accepting.child_token();
-                let inputs = self.inputs.clone();
+                let (inputs, scope) = (self.inputs.clone(), scope.clone());
                 accept_loop(
                     "HBONE",
                     listener,
                     &self.inputs.drain,
                     token.clone(),
-                    move |s, p| inbound::serve(inputs.clone(), s, p),
+                    move |s, p| inbound::serve(inputs.clone(), scope.clone(), s, p),
                 );
                 self.open.insert(ip, token);
                 self.bound().insert(ip, addr);

@@ -10,6 +10,7 @@ fn key() -> PoolKey {
         src: "spiffe://td/ns/a/sa/a".parse().unwrap(),
         dst: vec!["spiffe://td/ns/b/sa/b".parse().unwrap()],
         addr: "10.0.0.2:15008".parse().unwrap(),
+        netns: None,
     }
 }
 
@@ -170,4 +171,40 @@ async fn a_refused_connect_reports_the_status() {
         matches!(err, HboneError::Status(http::StatusCode::FORBIDDEN)),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn pods_never_share_a_connection_and_leave_with_their_namespace() {
+    let pool = Pool::new(100, Duration::from_secs(60), CancellationToken::new());
+    let (server, _kills) = Server::new();
+    let in_pod = |inode| PoolKey {
+        netns: Some(inode),
+        ..key()
+    };
+    let a = pool
+        .open(&in_pod(7), &request(), T, || server.dial())
+        .await
+        .unwrap();
+    let b = pool
+        .open(&in_pod(8), &request(), T, || server.dial())
+        .await
+        .unwrap();
+    assert_eq!(
+        server.dials.load(Ordering::SeqCst),
+        2,
+        "same identities and address, different namespaces: two connections"
+    );
+    drop(a);
+    pool.evict_netns(7);
+    assert_eq!(pool.stats(), (1, 1), "only namespace 7's connection left");
+    let _again = pool
+        .open(&in_pod(7), &request(), T, || server.dial())
+        .await
+        .unwrap();
+    assert_eq!(
+        server.dials.load(Ordering::SeqCst),
+        3,
+        "evicted: dialed anew"
+    );
+    drop(b);
 }
