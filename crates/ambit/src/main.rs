@@ -32,7 +32,10 @@ enum Command {
     Config(cmd::config::ConfigArgs),
     /// Run the node proxy: the HBONE mTLS data path for this node's pods (ztunnel's role).
     Node(Box<cmd::node::NodeArgs>),
-    /// Run a whole mesh on loopback in one process and show its traffic carried over mTLS.
+    /// Run the capture agent (istio-cni's role), or `cni plugin` as a container runtime's CNI
+    /// plugin.
+    Cni(Box<cmd::cni::CniArgs>),
+    /// Run a whole mesh on this machine and show its traffic carried over mTLS.
     Demo(cmd::demo::DemoArgs),
 }
 
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cmd::control::run(*args),
         Command::Config(args) => cmd::config::run(args),
         Command::Node(args) => cmd::node::run(*args, log, cli.log.is_json()),
+        Command::Cni(args) => cmd::cni::run(*args),
         Command::Demo(args) => cmd::demo::run(args, log, cli.log.is_json()),
     };
     match result {

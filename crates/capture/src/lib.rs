@@ -1,7 +1,25 @@
 //! The capture agent: istio-cni's role in ambient mode.
 //!
-//! For each enrolled pod it installs redirection rules inside the pod's network namespace and
-//! hands the namespace to the node proxy over ZDS; the CNI plugin lets a container runtime
-//! report pods as they are created.
+//! For each enrolled pod on the node, the agent installs redirection rules inside the pod's
+//! network namespace ([`rules`]) and hands the namespace to the node proxy over ZDS ([`zds`]);
+//! the node proxy then opens its listeners inside it. Pods become known through the CNI plugin
+//! ([`plugin`]), which the container runtime runs for every pod sandbox; whether a pod is
+//! enrolled comes from an [`enrollment`] source (the control plane's WDS in production). The
+//! [`agent`] ties them together and keeps its pods across restarts.
+//!
+//! ```text
+//! runtime ─CNI─► plugin ─unix socket─► agent ─nft/iptables─► pod netns
+//!                                        └──ZDS (netns fd)──► node proxy
+//! control plane ─WDS─► enrollment ─┘
+//! ```
 
+pub mod agent;
+pub mod enrollment;
 pub mod plugin;
+pub mod rules;
+pub mod zds;
+
+pub use agent::{Agent, AgentConfig, AgentError, CniPod, PodStatus};
+pub use enrollment::{Enrolled, Enrollment, PodName, StaticEnrollment, WdsEnrollment};
+pub use rules::{Backend, BackendChoice, Rules, RulesError};
+pub use zds::{AckState, Zds, ZdsConfig, ZdsError, ZdsPod};

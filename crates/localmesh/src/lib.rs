@@ -9,12 +9,13 @@
 //! Invariant: everything created here is torn down when its owner is dropped (pods' holder
 //! processes are killed; namespaces vanish with their last holder).
 
-pub mod topology;
-pub mod userns;
 pub mod cluster;
 pub mod http;
 pub mod mesh;
 pub mod process;
+pub mod topology;
+pub mod userns;
+pub mod workloads;
 
 pub use cluster::{Cluster, Namespace, Pod};
 pub use mesh::{LocalMesh, MeshError, Options};

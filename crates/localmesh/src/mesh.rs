@@ -3,9 +3,9 @@
 //! `ambit` processes. This process plays the container runtime: it creates each pod's
 //! namespace and calls the CNI plugin (`ambit cni plugin`) exactly as a runtime would.
 //!
-//! Addresses: the roles listen on `127.<block>.0.1` (control plane) and `127.<block>.0.<k+2>`
-//! (node `k`'s admin, stats and readiness servers); pods live on `10.<block>.0.0/16` behind
-//! the gateway `10.<block>.0.1`.
+//! Addresses: the roles listen on loopback, the control plane on [`Options::roles`] and node
+//! `k`'s admin, stats and readiness servers on the addresses after it; pods live on
+//! `10.<block>.0.0/16` behind the gateway `10.<block>.0.1`.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,8 +45,11 @@ pub enum MeshError {
 pub struct Options {
     /// The `ambit` binary.
     pub exe: PathBuf,
-    /// Picks the addresses (see the module docs), so two meshes can run side by side.
+    /// Pods live on `10.<block>.0.0/16` (inside the mesh's own namespaces).
     pub block: u8,
+    /// The control plane's loopback address; node `k`'s servers use the next addresses
+    /// (last octet + 1 + k). Two meshes side by side need different ones.
+    pub roles: Ipv4Addr,
     /// Node names; pods name theirs.
     pub nodes: Vec<String>,
     /// Where the manifests, CA, tokens and sockets go.
@@ -108,7 +111,7 @@ impl LocalMesh {
         empty.pods.clear();
         empty.write(&manifests).map_err(io("write the manifests"))?;
 
-        let control_ip = Ipv4Addr::new(127, b, 0, 1);
+        let control_ip = options.roles;
         let control = Role::spawn(
             "control",
             &options.exe,
@@ -136,7 +139,11 @@ impl LocalMesh {
             options.sink.clone(),
         )
         .map_err(io("start the control plane"))?;
-        wait_http(SocketAddr::from((control_ip, 15014)), "/ready", "control plane")?;
+        wait_http(
+            SocketAddr::from((control_ip, 15014)),
+            "/ready",
+            "control plane",
+        )?;
 
         let nodes = options
             .nodes
@@ -144,7 +151,7 @@ impl LocalMesh {
             .enumerate()
             .map(|(k, name)| Node {
                 name: name.clone(),
-                ip: Ipv4Addr::new(127, b, 0, u8::try_from(k + 2).unwrap_or(255)),
+                ip: offset(options.roles, k + 1),
                 proxy: None,
                 agent: None,
             })
@@ -189,7 +196,7 @@ impl LocalMesh {
     }
 
     pub fn control_monitoring(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::new(127, self.options.block, 0, 1), 15014))
+        SocketAddr::from((self.options.roles, 15014))
     }
 
     /// The directory holding manifests, CA, tokens and sockets.
@@ -270,11 +277,14 @@ impl LocalMesh {
     /// Node `name`'s admin (`/config_dump`), stats (`/stats/prometheus`) and readiness
     /// addresses.
     pub fn node_addrs(&self, name: &str) -> Option<NodeAddrs> {
-        self.nodes.iter().find(|n| n.name == name).map(|n| NodeAddrs {
-            admin: SocketAddr::from((n.ip, 15000)),
-            stats: SocketAddr::from((n.ip, 15020)),
-            readiness: SocketAddr::from((n.ip, 15021)),
-        })
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| NodeAddrs {
+                admin: SocketAddr::from((n.ip, 15000)),
+                stats: SocketAddr::from((n.ip, 15020)),
+                readiness: SocketAddr::from((n.ip, 15021)),
+            })
     }
 
     /// Node `name`'s metrics text.
@@ -311,7 +321,7 @@ impl LocalMesh {
         let name = self.nodes[k].name.clone();
         let node_dir = self.options.dir.join(&name);
         std::fs::create_dir_all(&node_dir).map_err(io("create the node directory"))?;
-        let control = Ipv4Addr::new(127, self.options.block, 0, 1);
+        let control = self.options.roles;
         let role = Role::spawn(
             &format!("cni/{name}"),
             &self.options.exe,
@@ -344,7 +354,7 @@ impl LocalMesh {
     fn start_proxy(&mut self, k: usize) -> Result<(), MeshError> {
         let name = self.nodes[k].name.clone();
         let ip = self.nodes[k].ip;
-        let control = Ipv4Addr::new(127, self.options.block, 0, 1);
+        let control = self.options.roles;
         let dir = &self.options.dir;
         let role = Role::spawn(
             &format!("node/{name}"),
@@ -463,9 +473,7 @@ impl LocalMesh {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(config.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(io("run the CNI plugin"))?;
+        let out = child.wait_with_output().map_err(io("run the CNI plugin"))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -517,6 +525,13 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> MeshError + '_ {
         what: format!("cannot {what}"),
         source,
     }
+}
+
+/// `ip` with `n` added to its last octet (saturating).
+fn offset(ip: Ipv4Addr, n: usize) -> Ipv4Addr {
+    let [a, b, c, d] = ip.octets();
+    let d = u8::try_from(usize::from(d) + n).unwrap_or(u8::MAX);
+    Ipv4Addr::new(a, b, c, d)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

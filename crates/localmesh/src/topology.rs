@@ -187,12 +187,10 @@ impl Holder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let process = netns
-            .spawn(sleep)
-            .map_err(|source| TopologyError::Spawn {
-                command: "sleep infinity".to_owned(),
-                source,
-            })?;
+        let process = netns.spawn(sleep).map_err(|source| TopologyError::Spawn {
+            command: "sleep infinity".to_owned(),
+            source,
+        })?;
         Ok(Self { netns, process })
     }
 

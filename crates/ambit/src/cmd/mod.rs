@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod ca;
+pub(crate) mod cni;
 pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod demo;

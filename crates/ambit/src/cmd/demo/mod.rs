@@ -20,6 +20,8 @@
 
 mod manifests;
 mod mesh;
+mod netns;
+mod prometheus;
 mod report;
 mod workloads;
 
@@ -52,9 +54,24 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 42,
           value_parser = clap::value_parser!(u8).range(1..=254))]
     loopback_block: u8,
+
+    /// Loopback mode: no namespaces and no capture; applications reach the mesh through SOCKS5.
+    #[arg(long)]
+    loopback: bool,
+
+    /// Node proxies (and capture agents) to run; with 2, enrolled traffic crosses nodes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    nodes: u8,
+
+    /// Scrape with Debian's real `prometheus` instead of the built-in scraper.
+    #[arg(long)]
+    with_prometheus: bool,
 }
 
 pub(crate) fn run(args: DemoArgs, log: LogHandle, json_logs: bool) -> anyhow::Result<()> {
+    if !args.loopback {
+        return netns::run(&args);
+    }
     let layout = Layout::new(args.loopback_block);
     println!(
         "ambit demo: a two-node ambient mesh on {} (loopback only, no privileges)",

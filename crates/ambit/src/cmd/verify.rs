@@ -1,0 +1,308 @@
+//! `ambit verify`: proof that enrolled workloads' connections are carried over mutual TLS.
+//!
+//! Reads the node proxies' config dumps (which workloads exist and which are enrolled), L4
+//! metrics and access logs, optionally captures packets inside pods' network namespaces (or reads existing
+//! captures), and prints one row per kind of connection with its verdict (see
+//! `ambit_verify::report`).
+//!
+//! Exit status: 0 when no enrolled workload's connection crossed the wire in plaintext; 1 when
+//! one did (the error names it, after the table) or when the evidence could not be gathered.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambit_verify::admin::{self, ConfigDump, TcpMetrics};
+use ambit_verify::capture::{self, CaptureSpec};
+use ambit_verify::flows;
+use ambit_verify::pcap::{self, Segment};
+use ambit_verify::report::{Evidence, Inventory, Report};
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+/// Where a node proxy's admin server listens when no source of evidence is named.
+const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), admin::ADMIN_PORT);
+/// Where its stats server listens.
+const DEFAULT_STATS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), admin::STATS_PORT);
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// A node proxy's admin address, to read `/config_dump`: which workloads exist, which are
+    /// enrolled, their identities. Repeat for every node. With no --admin, --config-dump,
+    /// --stats or --access-log, 127.0.0.1:15000 and 127.0.0.1:15020 are read.
+    #[arg(long = "admin", value_name = "ADDR")]
+    admin: Vec<SocketAddr>,
+
+    /// A saved `/config_dump` (JSON file) to read instead of, or besides, --admin.
+    #[arg(long = "config-dump", value_name = "FILE")]
+    config_dump: Vec<PathBuf>,
+
+    /// A node proxy's stats address, to read its `istio_tcp_*` metrics. Repeat for every node.
+    #[arg(long = "stats", value_name = "ADDR")]
+    stats: Vec<SocketAddr>,
+
+    /// A node proxy's access log (`connection complete` lines, text or JSON), e.g. saved with
+    /// `kubectl logs -n istio-system ds/ztunnel`. Repeatable.
+    #[arg(long = "access-log", value_name = "FILE")]
+    access_log: Vec<PathBuf>,
+
+    /// Capture packets for this many seconds (tcpdump) and check that payloads between pods
+    /// are TLS records, not plaintext.
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    capture: Option<u64>,
+
+    /// The network namespace to capture in: a pod's `/proc/<pid>/ns/net` or
+    /// `/var/run/netns/<name>`. Repeat to capture in several pods at once. Default: this
+    /// process's namespace.
+    #[arg(long = "capture-netns", value_name = "PATH", requires = "capture")]
+    capture_netns: Vec<PathBuf>,
+
+    /// The interface to capture on: default `eth0` inside --capture-netns (a pod's link to the
+    /// node: only what crosses the wire), `any` otherwise.
+    #[arg(long, value_name = "IFACE", requires = "capture")]
+    interface: Option<String>,
+
+    /// Keep the capture files in this directory (default: a temporary one, removed after).
+    #[arg(long, value_name = "DIR", requires = "capture")]
+    capture_dir: Option<PathBuf>,
+
+    /// Analyse an existing capture file (classic pcap, as `tcpdump -w` writes). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pcap: Vec<PathBuf>,
+
+    /// Report where this text appears in cleartext in captured payloads (e.g. a metric name
+    /// that must never cross the wire readable). Repeatable.
+    #[arg(long, value_name = "TEXT")]
+    find: Vec<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+pub(crate) fn run(mut args: VerifyArgs) -> anyhow::Result<()> {
+    let no_source_named = args.admin.is_empty()
+        && args.config_dump.is_empty()
+        && args.stats.is_empty()
+        && args.access_log.is_empty();
+    if no_source_named {
+        args.admin.push(DEFAULT_ADMIN);
+        args.stats.push(DEFAULT_STATS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    let mut dumps = Vec::new();
+    for addr in &args.admin {
+        let dump = runtime
+            .block_on(admin::fetch_config_dump(*addr))
+            .with_context(|| format!("cannot read the config dump of the node proxy at {addr}"))?;
+        dumps.push(dump);
+    }
+    for path in &args.config_dump {
+        dumps.push(read_config_dump(path)?);
+    }
+    let mut warnings: Vec<String> = dumps
+        .iter()
+        .flat_map(|d| &d.skipped)
+        .map(|s| format!("config dump: skipped {s}"))
+        .collect();
+    let inventory = Inventory::new(&dumps);
+
+    // Capture before reading metrics, so the counters include the captured window.
+    let mut files = args.pcap.clone();
+    let _capture_dir = match args.capture {
+        Some(seconds) => {
+            let (dir, captured) = run_captures(&args, Duration::from_secs(seconds))?;
+            for summary in &captured {
+                if let Some(dropped) = summary.dropped_by_kernel.filter(|d| *d > 0) {
+                    warnings.push(format!(
+                        "tcpdump on {} dropped {dropped} packets",
+                        summary.what
+                    ));
+                }
+                files.push(summary.output.clone());
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+
+    let mut metrics = None;
+    for addr in &args.stats {
+        let m = runtime
+            .block_on(admin::fetch_metrics(*addr))
+            .with_context(|| format!("cannot read the metrics of the node proxy at {addr}"))?;
+        metrics.get_or_insert_with(TcpMetrics::default).merge(m);
+    }
+
+    let mut access_logs = None;
+    for path in &args.access_log {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the access log {}", path.display()))?;
+        access_logs
+            .get_or_insert_with(TcpMetrics::default)
+            .merge(admin::parse_access_log(&text));
+    }
+
+    let mut segments: Vec<Segment> = Vec::new();
+    for path in &files {
+        let trace = pcap::read_file(path)
+            .with_context(|| format!("cannot analyse the capture {}", path.display()))?;
+        if let Some(first) = trace.malformed.first() {
+            warnings.push(format!(
+                "{}: {} packet(s) could not be decoded, first {first}: {}",
+                path.display(),
+                trace.malformed.len(),
+                first.error
+            ));
+        }
+        segments.extend(trace.segments);
+    }
+    let flows = (!files.is_empty()).then(|| flows::assemble(&segments));
+
+    let mut report = Report::build(Evidence {
+        inventory: Some(&inventory),
+        flows: flows.as_deref(),
+        metrics: metrics.as_ref(),
+        access_logs: access_logs.as_ref(),
+        find: &args.find,
+    });
+    report.warnings.extend(warnings);
+    match args.output {
+        Output::Table => print!("{}", report.render_text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if !report.passed() {
+        let count: u64 = report.failures().map(|r| r.connections).sum();
+        bail!("{count} connection(s) of enrolled workloads crossed the wire in plaintext");
+    }
+    Ok(())
+}
+
+/// Runs one tcpdump per namespace for `duration`; the directory holding the files (kept alive
+/// by the caller if temporary) and what each wrote.
+fn run_captures(
+    args: &VerifyArgs,
+    duration: Duration,
+) -> anyhow::Result<(CaptureDir, Vec<capture::CaptureSummary>)> {
+    let dir = match &args.capture_dir {
+        Some(path) => {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            CaptureDir::Kept(path.clone())
+        }
+        None => CaptureDir::Temporary(
+            tempfile::Builder::new()
+                .prefix("ambit-verify-")
+                .tempdir()
+                .context("cannot create a temporary directory for the captures")?,
+        ),
+    };
+    let netns: Vec<Option<&PathBuf>> = if args.capture_netns.is_empty() {
+        vec![None]
+    } else {
+        args.capture_netns.iter().map(Some).collect()
+    };
+    let interface = args.interface.clone().unwrap_or_else(|| {
+        if args.capture_netns.is_empty() {
+            "any"
+        } else {
+            "eth0"
+        }
+        .to_owned()
+    });
+    let mut running = Vec::new();
+    for (i, ns) in netns.into_iter().enumerate() {
+        let output = dir.path().join(format!("capture-{i}-{interface}.pcap"));
+        let mut spec = CaptureSpec::tcp(&interface, output);
+        if let Some(path) = ns {
+            spec = spec.in_netns_at(path)?;
+        }
+        eprintln!("capturing TCP on {} for {duration:?}", spec.describe());
+        running.push(capture::start(spec)?);
+    }
+    std::thread::sleep(duration);
+    let summaries = running
+        .into_iter()
+        .map(capture::RunningCapture::stop)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let CaptureDir::Kept(path) = &dir {
+        eprintln!("capture files kept in {}", path.display());
+    }
+    Ok((dir, summaries))
+}
+
+/// Where capture files go: a directory the user named, or a temporary one.
+#[derive(Debug)]
+enum CaptureDir {
+    Kept(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl CaptureDir {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Kept(path) => path,
+            Self::Temporary(dir) => dir.path(),
+        }
+    }
+}
+
+fn read_config_dump(path: &Path) -> anyhow::Result<ConfigDump> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config dump {}", path.display()))?;
+    ConfigDump::parse(&text).with_context(|| format!("{} is not a config dump", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<VerifyArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("verify").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn takes_repeated_sources_and_capture_settings() {
+        let argv = "--admin 10.0.0.1:15000 --admin 10.0.0.2:15000 --stats 10.0.0.1:15020 \
+                    --capture 5 --capture-netns /proc/1/ns/net --capture-netns /proc/2/ns/net \
+                    --interface eth0 --find istio_tcp_sent_bytes_total -o json";
+        let args = parse(&argv.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!(args.admin.len(), 2);
+        assert_eq!(args.stats.len(), 1);
+        assert_eq!(args.capture, Some(5));
+        assert_eq!(args.capture_netns.len(), 2);
+        assert_eq!(args.interface.as_deref(), Some("eth0"));
+        assert_eq!(args.output, Output::Json);
+    }
+
+    #[test]
+    fn capture_settings_need_a_capture() {
+        assert!(parse(&["--capture-netns", "/proc/1/ns/net"]).is_err());
+        assert!(parse(&["--interface", "lo"]).is_err());
+        assert!(parse(&["--capture", "0"]).is_err());
+        assert!(parse(&["--pcap", "x.pcap"]).is_ok());
+    }
+}

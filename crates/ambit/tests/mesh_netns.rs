@@ -1,0 +1,455 @@
+//! The namespace tier: a whole mesh on this machine with real capture — pods as network
+//! namespaces on a bridge, `ambit control`, and per node `ambit cni` and `ambit node --inpod`
+//! as processes, the CNI plugin invoked as a runtime would. Needs root (CI) or a user namespace
+//! (`scripts/test` re-runs itself under `unshare --user --map-root-user` when not root); fails
+//! loudly otherwise.
+//!
+//! Each test owns its loopback addresses (`127.253.<n>.*`) and pod network (`10.<n>.0.0/16`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit_localmesh::workloads::{self, EXPORTER_METRIC};
+use ambit_localmesh::{Cluster, LocalMesh, Namespace, Options, Pod};
+use ambit_netns::Netns;
+
+const PROMETHEUS_ID: &str = "spiffe://cluster.local/ns/prometheus/sa/prometheus-0";
+const EXPORTER_ID: &str = "spiffe://cluster.local/ns/prometheus/sa/node-exporter";
+
+fn mesh(n: u8, nodes: &[&str], cluster: Cluster) -> (LocalMesh, tempfile::TempDir) {
+    assert!(
+        ambit_localmesh::userns::is_root(),
+        "the namespace tier needs root or a user namespace: run `scripts/test`, or \
+         `unshare --user --map-root-user cargo test`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        exe: env!("CARGO_BIN_EXE_ambit").into(),
+        block: n,
+        roles: Ipv4Addr::new(127, 253, n, 1),
+        nodes: nodes.iter().map(|s| (*s).to_owned()).collect(),
+        dir: dir.path().to_owned(),
+        log_level: "info".to_owned(),
+        sink: None,
+    };
+    let mesh = LocalMesh::start(options, cluster).unwrap();
+    (mesh, dir)
+}
+
+fn seed_cluster(n: u8, exporter_node: &str) -> Cluster {
+    Cluster {
+        namespaces: vec![
+            Namespace::new("prometheus", true),
+            Namespace::new("default", false),
+        ],
+        pods: vec![
+            Pod::new(
+                "prometheus",
+                "prometheus-0",
+                "node-a",
+                Ipv4Addr::new(10, n, 1, 1),
+            ),
+            Pod::new(
+                "prometheus",
+                "node-exporter",
+                exporter_node,
+                Ipv4Addr::new(10, n, 1, 2),
+            ),
+            Pod::new("default", "client", "node-a", Ipv4Addr::new(10, n, 2, 1)),
+            Pod::new(
+                "default",
+                "server",
+                exporter_node,
+                Ipv4Addr::new(10, n, 2, 2),
+            ),
+        ],
+    }
+}
+
+fn netns(mesh: &LocalMesh, key: &str) -> Netns {
+    mesh.topology().pod(key).unwrap().netns().clone()
+}
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Whether `netns` holds Ambit's capture table.
+fn captured(netns: &Netns) -> bool {
+    let mut nft = Command::new("nft");
+    nft.args(["list", "tables"]);
+    let out = netns.output(nft).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("ambit")
+}
+
+/// Sum of `name` samples whose labels contain every `labels` fragment.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `tcpdump` on the wire's bridge until dropped; `.text()` gives what it saw, ASCII.
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(mesh: &LocalMesh, dir: &std::path::Path) -> Self {
+        let file = dir.join("wire.pcap");
+        let mut cmd = Command::new("tcpdump");
+        cmd.args([
+            "-i",
+            ambit_localmesh::topology::BRIDGE,
+            "-U",
+            "-s",
+            "0",
+            "-n",
+            "-Z",
+            "root",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = mesh
+            .topology()
+            .wire()
+            .spawn(cmd)
+            .expect("tcpdump (apt-get install tcpdump)");
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, file }
+    }
+
+    fn stop(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
+    let n = 71;
+    let (mesh, dir) = mesh(n, &["node-a", "node-b"], seed_cluster(n, "node-b"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
+    let _server =
+        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let capture = Capture::start(&mesh, dir.path());
+
+    // Debian's real Prometheus, inside the enrolled pod, scraping every second.
+    let prom_dir = dir.path().join("prom");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    std::fs::write(
+        prom_dir.join("prometheus.yml"),
+        format!("global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\nscrape_configs:\n  - job_name: node-exporter\n    static_configs: [{{targets: ['{exporter}']}}]\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        prom_dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        prom_dir.join("data").display()
+    ))
+    .arg("--web.listen-address=127.0.0.1:9090")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let prom_ns = netns(&mesh, "prometheus/prometheus-0");
+    let mut prometheus = prom_ns
+        .spawn(cmd)
+        .expect("prometheus (apt-get install prometheus)");
+
+    eventually(
+        "Prometheus reports its target up",
+        Duration::from_secs(45),
+        || {
+            let body = rt.block_on(async {
+                let mut s = workloads::connect_in(&prom_ns, "127.0.0.1:9090".parse().unwrap())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                s.write_all(
+                    b"GET /api/v1/targets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let mut body = String::new();
+                s.read_to_string(&mut body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(body)
+            })?;
+            if body.contains("\"health\":\"up\"") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    );
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let wire = capture.stop();
+
+    // The access log names the source workload, its namespace and both identities.
+    let logs = mesh.proxy_lines("node-a").join("\n") + &mesh.proxy_lines("node-b").join("\n");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("connection complete") && l.contains("src.workload=\"prometheus-0\""))
+        .unwrap_or_else(|| panic!("no access log line for prometheus-0:\n{logs}"));
+    for field in ["src.namespace=\"prometheus\"", PROMETHEUS_ID, EXPORTER_ID] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    // Istio's metrics counted mutual TLS on both ends.
+    let opened = metric(
+        &mesh.metrics("node-b").unwrap(),
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            "connection_security_policy=\"mutual_tls\"",
+            "source_workload=\"prometheus-0\"",
+        ],
+    );
+    assert!(
+        opened >= 1.0,
+        "destination-reported mTLS connections: {opened}"
+    );
+    // The wire carried the scrapes, but never the metric names in plaintext.
+    assert!(contains(&wire, "\x16\x03"), "TLS records seen on the wire");
+    assert!(
+        !contains(&wire, "node_cpu_seconds_total") && !contains(&wire, EXPORTER_METRIC),
+        "a scraped metric name crossed the wire in plaintext"
+    );
+    assert!(
+        !contains(&wire, "GET /metrics"),
+        "the scrape request crossed the wire in plaintext"
+    );
+}
+
+#[test]
+fn a_namespace_outside_the_mesh_stays_plaintext_and_untouched() {
+    let n = 72;
+    let (mesh, dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    assert!(!captured(&netns(&mesh, "default/client")));
+    assert!(!captured(&netns(&mesh, "default/server")));
+    assert!(captured(&netns(&mesh, "prometheus/prometheus-0")));
+
+    let server = SocketAddr::from((Ipv4Addr::new(10, n, 2, 2), 8080));
+    let _echo = workloads::serve_echo(&netns(&mesh, "default/server"), server).unwrap();
+    let capture = Capture::start(&mesh, dir.path());
+    let (tally, task) = workloads::echo_every(
+        netns(&mesh, "default/client"),
+        server,
+        Duration::from_millis(200),
+    );
+    eventually("plaintext echoes", Duration::from_secs(10), || {
+        if tally.ok() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{} ok, {:?}", tally.ok(), tally.last_error()))
+        }
+    });
+    task.abort();
+    let wire = capture.stop();
+    assert!(
+        contains(&wire, "hello 1"),
+        "the unenrolled echo is visible on the wire, as it should be"
+    );
+    let text = mesh.metrics("node-a").unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &["source_workload=\"client\""]
+        ),
+        0.0,
+        "the node proxy never saw the unenrolled pod's traffic"
+    );
+}
+
+#[test]
+fn a_running_pod_is_enrolled_by_label_and_opted_out_without_restart() {
+    let n = 73;
+    let (mut mesh, _dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let client = netns(&mesh, "default/client");
+    let inode = client.inode();
+    let server = SocketAddr::from((Ipv4Addr::new(10, n, 2, 2), 8080));
+    let _echo = workloads::serve_echo(&netns(&mesh, "default/server"), server).unwrap();
+
+    mesh.relabel(|c| {
+        c.namespace_mut("default")
+            .unwrap()
+            .labels
+            .insert("istio.io/dataplane-mode".into(), "ambient".into())
+            .map(drop)
+            .unwrap_or(())
+    })
+    .unwrap();
+    eventually("default's pods captured", Duration::from_secs(20), || {
+        if captured(&client) && captured(&netns(&mesh, "default/server")) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    assert_eq!(
+        netns(&mesh, "default/client").inode(),
+        inode,
+        "same pod, not restarted"
+    );
+    let (tally, task) = workloads::echo_every(client.clone(), server, Duration::from_millis(200));
+    eventually("echoes over mutual TLS", Duration::from_secs(20), || {
+        let text = mesh.metrics("node-a").map_err(|e| e.to_string())?;
+        let m = metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                "source_workload=\"client\"",
+                "connection_security_policy=\"mutual_tls\"",
+            ],
+        );
+        if m >= 1.0 && tally.ok() >= 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "mtls {m}, ok {}, {:?}",
+                tally.ok(),
+                tally.last_error()
+            ))
+        }
+    });
+    task.abort();
+
+    // Opt the client out with the pod label: its capture goes, the running pod stays.
+    mesh.relabel(|c| {
+        c.pod_mut("default", "client")
+            .unwrap()
+            .labels
+            .insert("istio.io/dataplane-mode".into(), "none".into());
+    })
+    .unwrap();
+    eventually("client released", Duration::from_secs(20), || {
+        if captured(&client) {
+            Err("still captured".into())
+        } else {
+            Ok(())
+        }
+    });
+    assert!(
+        captured(&netns(&mesh, "default/server")),
+        "the server stays enrolled"
+    );
+}
+
+#[test]
+fn a_node_proxy_restart_refuses_rather_than_leaks_and_then_recovers() {
+    let n = 74;
+    let (mut mesh, dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
+    let _server =
+        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let prom = netns(&mesh, "prometheus/prometheus-0");
+
+    mesh.restart_proxy("node-a", false).unwrap();
+    let capture = Capture::start(&mesh, dir.path());
+    let (tally, task) = workloads::scrape_every(prom.clone(), exporter, Duration::from_millis(200));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        tally.ok(),
+        0,
+        "no scrape may succeed while the node proxy is down"
+    );
+    assert!(tally.failed() >= 1);
+    let wire = capture.stop();
+    assert!(
+        !contains(&wire, "GET /metrics"),
+        "nothing escaped in plaintext while the proxy was down"
+    );
+
+    mesh.restart_proxy("node-a", true).unwrap();
+    eventually(
+        "scrapes work after the restart",
+        Duration::from_secs(20),
+        || {
+            if tally.ok() >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", tally.last_error()))
+            }
+        },
+    );
+    task.abort();
+}
+
+#[test]
+fn a_capture_agent_restart_reconciles_pods_added_and_removed_meanwhile() {
+    let n = 75;
+    let (mut mesh, _dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let admin = mesh.node_addrs("node-a").unwrap().admin;
+    let dump = || {
+        ambit_localmesh::http::get(admin, "/config_dump", Duration::from_secs(5))
+            .unwrap()
+            .1
+    };
+    assert!(dump().contains("node-exporter"));
+
+    mesh.restart_agent("node-a", false).unwrap();
+    // Removed while the agent is away: DEL still succeeds (the runtime must be able to clean up).
+    mesh.remove_pod("prometheus", "node-exporter").unwrap();
+    mesh.restart_agent("node-a", true).unwrap();
+    // Added after the restart.
+    mesh.add_pod(Pod::new(
+        "prometheus",
+        "late",
+        "node-a",
+        Ipv4Addr::new(10, n, 1, 9),
+    ))
+    .unwrap();
+    eventually(
+        "the node proxy holds exactly the surviving pods",
+        Duration::from_secs(20),
+        || {
+            let d = dump();
+            if d.contains("\"late\"") && !d.contains("node-exporter") && d.contains("prometheus-0")
+            {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    );
+}

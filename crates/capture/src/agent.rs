@@ -1,0 +1,304 @@
+//! The capture agent: the set of pods on this node, and which of them are captured.
+//!
+//! Pods become known through CNI events ([`Agent::pod_added`], [`Agent::pod_deleted`],
+//! [`Agent::pod_checked`]); whether one is enrolled comes from an [`Enrollment`]. The agent
+//! keeps `captured == (netns known && enrolled)` true:
+//!
+//! - capturing installs the redirection rules in the pod's netns, then hands the netns to the
+//!   node proxy over [`Zds`];
+//! - un-capturing tells the node proxy first, then removes the rules.
+//!
+//! It reconciles on every CNI event, whenever the enrollment source reports a change, and
+//! every [`AgentConfig::resync_interval`]: a running pod that becomes enrolled (a label
+//! change) is captured without a restart, and one that leaves is released.
+//!
+//! ADD semantics: an ADD of an enrolled pod returns once the rules are in place and the node
+//! proxy acknowledged the pod. When no node proxy is connected, it returns `Ok` as soon as the
+//! rules are in place: the pod fails closed (its redirected connections are refused, since
+//! nothing listens on 15001/15006 in its netns) until the node proxy connects and receives it
+//! in the replay. Failing the ADD instead would make every pod on a node wait for the node
+//! proxy, including pods the node proxy itself may depend on. A rules failure or a node proxy
+//! rejection fails the ADD, so the runtime retries the pod.
+//!
+//! Invariants:
+//! - One lock serializes every change to the pod set (events, reconciliation): a pod is never
+//!   captured and released concurrently. Each step is bounded (rules commands, ZDS ack timeout).
+//! - The state file is rewritten after every change; a restarted agent re-captures what it had
+//!   captured (so the node proxy's replay is complete) before the enrollment source has synced.
+//! - While the enrollment source is not synced, nothing is released.
+
+mod events;
+mod pods;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use ambit_netns::NetnsError;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::enrollment::{Enrollment, PodName};
+use crate::rules::{Rules, RulesError};
+use crate::zds::{AckState, Zds, ZdsConfig, ZdsError};
+
+pub use state::StateError;
+
+use pods::Pod;
+use state::StateStore;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where the pod records are kept across restarts.
+    pub state_dir: PathBuf,
+    /// The ZDS socket the node proxy connects to.
+    pub zds: ZdsConfig,
+    /// How the redirection rules are written.
+    pub rules: Rules,
+    /// How often every pod is reconciled even without a change (retries failed captures).
+    pub resync_interval: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, zds: ZdsConfig, rules: Rules) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            zds,
+            rules,
+            resync_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A pod as a CNI event reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniPod {
+    pub namespace: String,
+    pub name: String,
+    /// The Kubernetes pod UID, when the runtime passed it.
+    pub uid: Option<String>,
+    /// The pod sandbox's id.
+    pub container_id: String,
+    /// The pod's network namespace; DEL may come without one.
+    pub netns: Option<PathBuf>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// One pod as the agent sees it, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub netns: PathBuf,
+    pub enrolled: bool,
+    pub rules_installed: bool,
+    /// The node proxy acknowledged the pod on its current connection or an earlier one.
+    pub acked: bool,
+    /// Why the capture is not confirmed, when it failed.
+    pub error: Option<String>,
+}
+
+/// Why a CNI event could not be carried out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error("pod {pod}: the runtime passed no network namespace")]
+    NoNetns { pod: PodName },
+    #[error("pod {pod}: cannot open its network namespace")]
+    Netns {
+        pod: PodName,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("pod {pod}: cannot install the redirection rules")]
+    Rules {
+        pod: PodName,
+        #[source]
+        source: RulesError,
+    },
+    #[error("pod {pod}: the node proxy did not take it")]
+    Zds {
+        pod: PodName,
+        #[source]
+        source: ZdsError,
+    },
+    #[error("pod {pod}: enrolled but not known to the agent")]
+    Unknown { pod: PodName },
+    #[error("pod {pod}: the redirection rules are not in place")]
+    Check {
+        pod: PodName,
+        #[source]
+        source: RulesError,
+    },
+    #[error("cannot start the ZDS server")]
+    ZdsStart(#[source] ZdsError),
+    #[error("cannot set up the state directory")]
+    State(#[source] StateError),
+}
+
+/// The running agent. Cheap to clone; stops on [`Agent::shutdown`].
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rules: Rules,
+    zds: Zds,
+    enrollment: Arc<dyn Enrollment>,
+    store: StateStore,
+    pods: tokio::sync::Mutex<BTreeMap<PodName, Pod>>,
+    reconciler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Agent {
+    /// Starts the agent: binds the ZDS socket, loads the state file, re-captures the pods it
+    /// had captured, and starts reconciling with `enrollment`.
+    pub async fn start(
+        config: AgentConfig,
+        enrollment: Arc<dyn Enrollment>,
+    ) -> Result<Self, AgentError> {
+        let store = StateStore::new(&config.state_dir).map_err(AgentError::State)?;
+        let zds = Zds::bind(config.zds).map_err(AgentError::ZdsStart)?;
+        let inner = Arc::new(Inner {
+            rules: config.rules,
+            zds,
+            enrollment,
+            store,
+            pods: tokio::sync::Mutex::default(),
+            reconciler: Mutex::default(),
+        });
+        inner.restore().await;
+        let changes = inner.enrollment.changes();
+        let reconciler = tokio::spawn(reconcile_loop(
+            Arc::downgrade(&inner),
+            changes,
+            config.resync_interval,
+        ));
+        *inner
+            .reconciler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reconciler);
+        Ok(Self { inner })
+    }
+
+    /// CNI ADD: remembers the pod and captures it if it is enrolled. See the
+    /// [module docs](self) for when this returns.
+    pub async fn pod_added(&self, pod: CniPod) -> Result<(), AgentError> {
+        self.inner.pod_added(pod).await
+    }
+
+    /// CNI DEL: releases and forgets the pod. Always succeeds; problems are logged.
+    pub async fn pod_deleted(&self, pod: CniPod) -> Result<(), AgentError> {
+        self.inner.pod_deleted(pod).await;
+        Ok(())
+    }
+
+    /// CNI CHECK: for an enrolled pod, confirms that its rules are in place.
+    pub async fn pod_checked(&self, pod: CniPod) -> Result<(), AgentError> {
+        self.inner.pod_checked(pod).await
+    }
+
+    /// Brings every pod in line with enrollment now (it also happens on its own).
+    pub async fn reconcile(&self) {
+        self.inner.reconcile().await;
+    }
+
+    /// Every known pod.
+    pub async fn status(&self) -> Vec<PodStatus> {
+        let pods = self.inner.pods.lock().await;
+        pods.iter()
+            .map(|(name, pod)| self.inner.status_of(name, pod))
+            .collect()
+    }
+
+    /// The ZDS server, to watch the node proxy's connection.
+    pub fn zds(&self) -> &Zds {
+        &self.inner.zds
+    }
+
+    /// Stops reconciling and closes the ZDS socket (removing its file). Captured pods keep
+    /// their rules, and the state file keeps them for the next agent.
+    pub async fn shutdown(&self) {
+        let reconciler = self
+            .inner
+            .reconciler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = reconciler {
+            task.abort();
+            let _ = task.await;
+        }
+        // Wait for any event in flight to finish before the socket goes.
+        let _pods = self.inner.pods.lock().await;
+        self.inner.zds.shutdown().await;
+    }
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("rules", &self.inner.rules)
+            .field("zds", &self.inner.zds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn status_of(&self, name: &PodName, pod: &Pod) -> PodStatus {
+        let ack = self.zds.ack_state(&pod.uid);
+        let error = pod.error.clone().or(match &ack {
+            Some(AckState::Rejected(error)) => Some(format!("the node proxy rejected it: {error}")),
+            _ => None,
+        });
+        PodStatus {
+            namespace: name.namespace.clone(),
+            name: name.name.clone(),
+            uid: pod.uid.clone(),
+            netns: pod.netns_path.clone(),
+            enrolled: self.enrollment.enrolled(name).is_some(),
+            rules_installed: pod.rules_installed,
+            acked: ack == Some(AckState::Acked),
+            error,
+        }
+    }
+}
+
+/// Reconciles on every enrollment change and every `interval`, until the agent is gone.
+async fn reconcile_loop(agent: Weak<Inner>, mut changes: watch::Receiver<u64>, interval: Duration) {
+    let mut changes_open = true;
+    loop {
+        match agent.upgrade() {
+            Some(inner) => inner.reconcile().await,
+            None => return,
+        }
+        tokio::select! {
+            changed = changes.changed(), if changes_open => {
+                if changed.is_err() {
+                    warn!("the enrollment source stopped; reconciling on the timer only");
+                    changes_open = false;
+                }
+            }
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs and the CNI plugin's reply.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,297 @@
+//! The agent's pod set: handling CNI events, capturing, releasing, reconciling, persisting.
+//!
+//! Every function here runs with the pod set locked (see the [agent docs](super)).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ambit_netns::Netns;
+use tracing::{debug, info, warn};
+
+use super::state::PodRecord;
+use super::{AgentError, CniPod, Inner, error_chain};
+use crate::enrollment::{Enrolled, PodName};
+use crate::rules::{Rules, RulesError};
+use crate::zds::{AckState, ZdsError, ZdsPod};
+
+/// A pod on this node whose network namespace the agent holds.
+#[derive(Debug)]
+pub(super) struct Pod {
+    /// The key of the pod in ZDS: its Kubernetes UID (or `<namespace>/<name>` when the runtime
+    /// did not pass one).
+    pub(super) uid: String,
+    pub(super) container_id: String,
+    pub(super) netns_path: PathBuf,
+    pub(super) netns: Netns,
+    pub(super) ips: Vec<IpAddr>,
+    /// The agent set out to capture the pod, and must release it when it leaves the mesh.
+    pub(super) captured: bool,
+    /// The service account the pod was captured as.
+    pub(super) service_account: String,
+    pub(super) rules_installed: bool,
+    /// Why the last capture attempt failed.
+    pub(super) error: Option<String>,
+}
+
+type Pods = BTreeMap<PodName, Pod>;
+
+impl Inner {
+    pub(super) async fn pod_added(&self, event: CniPod) -> Result<(), AgentError> {
+        let name = PodName::new(event.namespace, event.name);
+        let path = event
+            .netns
+            .ok_or_else(|| AgentError::NoNetns { pod: name.clone() })?;
+        let netns = Netns::open(&path).map_err(|source| AgentError::Netns {
+            pod: name.clone(),
+            source,
+        })?;
+        let uid = event
+            .uid
+            .filter(|uid| !uid.is_empty())
+            .unwrap_or_else(|| name.to_string());
+        let mut pods = self.pods.lock().await;
+        let same_sandbox = pods.get(&name).is_some_and(|old| {
+            old.container_id == event.container_id && old.netns == netns && old.uid == uid
+        });
+        if !same_sandbox && let Some(mut old) = pods.remove(&name) {
+            info!(pod = %name, "a new sandbox replaces the pod's old one");
+            self.release(&name, &mut old).await;
+        }
+        let pod = pods.entry(name.clone()).or_insert_with(|| Pod {
+            uid,
+            container_id: event.container_id,
+            netns_path: path,
+            netns,
+            ips: Vec::new(),
+            captured: false,
+            service_account: String::new(),
+            rules_installed: false,
+            error: None,
+        });
+        pod.ips = event.ips;
+        let result = match self.enrollment.enrolled(&name) {
+            Some(enrolled) if !self.confirmed(pod, &enrolled) => {
+                self.capture(&name, pod, enrolled).await
+            }
+            Some(_) => Ok(()),
+            None => {
+                debug!(pod = %name, "pod is not enrolled; remembering its network namespace");
+                Ok(())
+            }
+        };
+        self.persist(&pods);
+        result
+    }
+
+    pub(super) async fn pod_deleted(&self, event: CniPod) {
+        let name = PodName::new(event.namespace, event.name);
+        let mut pods = self.pods.lock().await;
+        let Some(pod) = pods.get_mut(&name) else {
+            debug!(pod = %name, "DEL for a pod the agent does not know");
+            return;
+        };
+        if !event.container_id.is_empty()
+            && !pod.container_id.is_empty()
+            && event.container_id != pod.container_id
+        {
+            // A late DEL of a sandbox that a newer ADD already replaced.
+            debug!(pod = %name, container = %event.container_id, "DEL for an old sandbox; ignored");
+            return;
+        }
+        self.release(&name, pod).await;
+        pods.remove(&name);
+        self.persist(&pods);
+    }
+
+    pub(super) async fn pod_checked(&self, event: CniPod) -> Result<(), AgentError> {
+        let name = PodName::new(event.namespace, event.name);
+        if self.enrollment.enrolled(&name).is_none() {
+            return Ok(());
+        }
+        let pods = self.pods.lock().await;
+        let pod = pods
+            .get(&name)
+            .ok_or_else(|| AgentError::Unknown { pod: name.clone() })?;
+        let result = if pod.captured {
+            run_rules(&self.rules, &pod.netns, Rules::check).await
+        } else {
+            Err(RulesError::Missing)
+        };
+        result.map_err(|source| AgentError::Check { pod: name, source })
+    }
+
+    /// Captures every enrolled pod that is not, and (once enrollment is synced) releases every
+    /// captured pod that is no longer enrolled. Failed captures are retried.
+    pub(super) async fn reconcile(&self) {
+        let mut pods = self.pods.lock().await;
+        let synced = self.enrollment.synced();
+        let mut changed = false;
+        for (name, pod) in pods.iter_mut() {
+            match self.enrollment.enrolled(name) {
+                Some(enrolled) if !self.confirmed(pod, &enrolled) => {
+                    // Failures are logged and kept in the pod's status.
+                    let _ = self.capture(name, pod, enrolled).await;
+                    changed = true;
+                }
+                None if pod.captured && synced => {
+                    info!(pod = %name, "pod left the mesh; releasing it");
+                    self.release(name, pod).await;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.persist(&pods);
+        }
+    }
+
+    /// Re-captures the pods the state file says were captured, before anything else happens:
+    /// the node proxy's first replay must name them, whatever enrollment says later.
+    pub(super) async fn restore(&self) {
+        let mut pods = self.pods.lock().await;
+        for (record, netns) in self.store.load() {
+            let name = PodName::new(record.namespace, record.name);
+            let mut pod = Pod {
+                uid: record.uid,
+                container_id: record.container_id,
+                netns_path: record.netns,
+                netns,
+                ips: record.ips,
+                captured: false,
+                service_account: String::new(),
+                rules_installed: false,
+                error: None,
+            };
+            if record.captured {
+                let enrolled = Enrolled {
+                    service_account: record.service_account,
+                };
+                let _ = self.capture(&name, &mut pod, enrolled).await;
+            }
+            pods.insert(name, pod);
+        }
+        info!(pods = pods.len(), "restored pods from the state file");
+        self.persist(&pods);
+    }
+
+    /// Whether `pod` is captured as `enrolled` says and needs nothing more. A pod the node
+    /// proxy rejected is retried only while a node proxy is connected.
+    fn confirmed(&self, pod: &Pod, enrolled: &Enrolled) -> bool {
+        let rejected = matches!(self.zds.ack_state(&pod.uid), Some(AckState::Rejected(_)));
+        pod.captured
+            && pod.rules_installed
+            && pod.service_account == enrolled.service_account
+            && !(rejected && self.zds.connected())
+    }
+
+    /// Installs the rules, then hands the pod to the node proxy.
+    async fn capture(
+        &self,
+        name: &PodName,
+        pod: &mut Pod,
+        enrolled: Enrolled,
+    ) -> Result<(), AgentError> {
+        pod.captured = true;
+        pod.service_account = enrolled.service_account;
+        if let Err(source) = run_rules(&self.rules, &pod.netns, Rules::install).await {
+            pod.rules_installed = false;
+            let error = AgentError::Rules {
+                pod: name.clone(),
+                source,
+            };
+            return Err(not_confirmed(name, pod, error));
+        }
+        pod.rules_installed = true;
+        let zds_pod = ZdsPod {
+            uid: pod.uid.clone(),
+            name: name.name.clone(),
+            namespace: name.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            netns: Some(pod.netns.clone()),
+        };
+        match self.zds.add(zds_pod).await {
+            Ok(()) => {
+                pod.error = None;
+                info!(pod = %name, "pod captured");
+                Ok(())
+            }
+            Err(ZdsError::NotConnected) => {
+                pod.error = None;
+                info!(pod = %name, "rules in place; no node proxy connected, it gets the pod when it connects");
+                Ok(())
+            }
+            Err(source) => {
+                let error = AgentError::Zds {
+                    pod: name.clone(),
+                    source,
+                };
+                Err(not_confirmed(name, pod, error))
+            }
+        }
+    }
+
+    /// Tells the node proxy the pod is gone, then removes its rules. Problems are logged: the
+    /// pod leaves either way.
+    async fn release(&self, name: &PodName, pod: &mut Pod) {
+        if !pod.captured {
+            return;
+        }
+        if let Err(e) = self.zds.del(&pod.uid).await {
+            warn!(pod = %name, error = %error_chain(&e), "the node proxy did not confirm the pod's removal");
+        }
+        if let Err(e) = run_rules(&self.rules, &pod.netns, Rules::remove).await {
+            warn!(pod = %name, error = %error_chain(&e), "cannot remove the pod's redirection rules");
+        }
+        pod.captured = false;
+        pod.rules_installed = false;
+        pod.error = None;
+        info!(pod = %name, "pod released");
+    }
+
+    fn persist(&self, pods: &Pods) {
+        let records = pods
+            .iter()
+            .map(|(name, pod)| PodRecord {
+                namespace: name.namespace.clone(),
+                name: name.name.clone(),
+                uid: pod.uid.clone(),
+                container_id: pod.container_id.clone(),
+                netns: pod.netns_path.clone(),
+                netns_inode: pod.netns.inode(),
+                ips: pod.ips.clone(),
+                captured: pod.captured,
+                service_account: pod.service_account.clone(),
+            })
+            .collect();
+        if let Err(e) = self.store.save(records) {
+            warn!(error = %error_chain(&e), "cannot save the pod records; a restarted agent may miss pods");
+        }
+    }
+}
+
+/// Logs a failed capture and keeps its reason in the pod's status.
+fn not_confirmed(name: &PodName, pod: &mut Pod, error: AgentError) -> AgentError {
+    let reason = error_chain(&error);
+    warn!(pod = %name, reason, "pod capture not confirmed");
+    pod.error = Some(reason);
+    error
+}
+
+/// Runs a rules operation off the async runtime (it waits for a command).
+async fn run_rules(
+    rules: &Rules,
+    netns: &Netns,
+    operation: fn(&Rules, &Netns) -> Result<(), RulesError>,
+) -> Result<(), RulesError> {
+    let (rules, netns) = (rules.clone(), netns.clone());
+    tokio::task::spawn_blocking(move || operation(&rules, &netns))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RulesError::Spawn {
+                program: "the rules task".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+}

@@ -1,1 +1,0 @@
-//! The CNI plugin (`ambit cni plugin`) and its channel to the agent.
