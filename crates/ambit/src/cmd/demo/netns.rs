@@ -9,6 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_localmesh::workloads::{self, Tally};
@@ -48,6 +49,8 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let nodes: Vec<String> = (0..args.nodes)
         .map(|k| format!("node-{}", char::from(b'a' + k)))
         .collect();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping_sink = stopping.clone();
     let dir = tempfile::Builder::new()
         .prefix("ambit-demo-")
         .tempdir()
@@ -105,6 +108,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let outcome = runtime.block_on(run_workloads(args, &mesh));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    stopping.store(true, Ordering::Relaxed);
     let flows = flows(&mesh);
     println!("\nFLOWS (final)\n{}", flows.table());
     drop(mesh);
@@ -191,7 +195,8 @@ async fn run_workloads(
         Some(p) => p.scrape_counts(&prom_ns).await,
         None => (scrapes.ok(), scrapes.failed()),
     };
-    for task in tasks {
+    // Clients first, so no exchange is cut short by its server going away.
+    for task in tasks.into_iter().rev() {
         task.abort();
     }
     drop(prometheus);
