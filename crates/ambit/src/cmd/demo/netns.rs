@@ -62,11 +62,12 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         nodes: nodes.clone(),
         dir: dir.path().to_owned(),
         log_level: "warn,access=info".to_owned(),
-        sink: Some(Arc::new(|role: &str, line: &str| {
-            if line.contains("connection complete")
+        sink: Some(Arc::new(move |role: &str, line: &str| {
+            let shown = line.contains("connection complete")
                 || line.contains("WARN")
-                || line.contains("ERROR")
-            {
+                || line.contains("ERROR");
+            // Stopping the roles makes them report lost peers: expected, so not shown.
+            if shown && !stopping_sink.load(Ordering::Relaxed) {
                 eprintln!("[{role}] {line}");
             }
         })),
