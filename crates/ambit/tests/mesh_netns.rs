@@ -66,6 +66,7 @@ fn seed_cluster(n: u8, exporter_node: &str) -> Cluster {
                 Ipv4Addr::new(10, n, 2, 2),
             ),
         ],
+        extra: Vec::new(),
     }
 }
 
@@ -452,4 +453,87 @@ fn a_capture_agent_restart_reconciles_pods_added_and_removed_meanwhile() {
             }
         },
     );
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plaintext_from_outside_the_mesh() {
+    let n = 76;
+    let (mut mesh, _dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    // An enrolled server, reached in plaintext by the unenrolled client (through the server
+    // pod's 15006) and over HBONE by the enrolled prometheus-0.
+    let server = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 8080));
+    let _echo = workloads::serve_echo(&netns(&mesh, "prometheus/node-exporter"), server).unwrap();
+    let (outside, outside_task) = workloads::echo_every(
+        netns(&mesh, "default/client"),
+        server,
+        Duration::from_millis(200),
+    );
+    let (inside, inside_task) = workloads::echo_every(
+        netns(&mesh, "prometheus/prometheus-0"),
+        server,
+        Duration::from_millis(200),
+    );
+    eventually("PERMISSIVE accepts both", Duration::from_secs(15), || {
+        if outside.ok() >= 2 && inside.ok() >= 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "outside {} {:?}, inside {} {:?}",
+                outside.ok(),
+                outside.last_error(),
+                inside.ok(),
+                inside.last_error()
+            ))
+        }
+    });
+
+    mesh.relabel(|c| {
+        c.extra.push(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+         metadata: {name: strict, namespace: prometheus}\nspec: {mtls: {mode: STRICT}}\n"
+                .to_owned(),
+        )
+    })
+    .unwrap();
+    eventually(
+        "STRICT refuses the plaintext client",
+        Duration::from_secs(20),
+        || {
+            let before = outside.failed();
+            std::thread::sleep(Duration::from_millis(600));
+            if outside.failed() > before + 1 {
+                Ok(())
+            } else {
+                Err(format!("failed {before} → {}", outside.failed()))
+            }
+        },
+    );
+    let (ok, mtls_before) = (outside.ok(), inside.ok());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        outside.ok(),
+        ok,
+        "no plaintext exchange succeeds under STRICT"
+    );
+    assert!(
+        inside.ok() > mtls_before,
+        "mutual TLS still gets through: {:?}",
+        inside.last_error()
+    );
+    let text = mesh.metrics("node-a").unwrap();
+    assert!(
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"mutual_tls\"",
+                "source_workload=\"prometheus-0\""
+            ]
+        ) >= 1.0
+    );
+    outside_task.abort();
+    inside_task.abort();
 }

@@ -36,6 +36,8 @@ pub struct Pod {
 pub struct Cluster {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    /// Further manifests (policies, services…), written as `extra.yaml`, verbatim.
+    pub extra: Vec<String>,
 }
 
 impl Namespace {
@@ -152,11 +154,22 @@ impl Cluster {
             std::fs::write(&tmp, yaml)?;
             std::fs::rename(&tmp, &path)?;
         }
+        let extra = dir.join("extra.yaml");
+        if self.extra.is_empty() {
+            match std::fs::remove_file(&extra) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            let tmp = dir.join(".extra.yaml.tmp");
+            std::fs::write(&tmp, self.extra.join("\n---\n"))?;
+            std::fs::rename(&tmp, &extra)?;
+        }
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             let ours = path.extension().is_some_and(|e| e == "yaml");
-            if ours && !self.namespaces.iter().any(|n| n.name == stem) {
+            if ours && stem != "extra" && !self.namespaces.iter().any(|n| n.name == stem) {
                 std::fs::remove_file(&path)?;
             }
         }

@@ -161,6 +161,7 @@ impl LocalMesh {
             cluster: Cluster {
                 namespaces: cluster.namespaces.clone(),
                 pods: Vec::new(),
+                extra: cluster.extra.clone(),
             },
             nodes,
             control,

@@ -39,6 +39,7 @@ fn cluster(block: u8, nodes: &[String]) -> Cluster {
             Pod::new("default", "client", first, ip(2, 1)),
             Pod::new("default", "server", last, ip(2, 2)),
         ],
+        extra: Vec::new(),
     }
 }
 
