@@ -37,6 +37,8 @@ enum Command {
     Cni(Box<cmd::cni::CniArgs>),
     /// Run a whole mesh on this machine and show its traffic carried over mTLS.
     Demo(cmd::demo::DemoArgs),
+    /// Prove that enrolled workloads' connections are carried over mutual TLS.
+    Verify(Box<cmd::verify::VerifyArgs>),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Node(args) => cmd::node::run(*args, log, cli.log.is_json()),
         Command::Cni(args) => cmd::cni::run(*args),
         Command::Demo(args) => cmd::demo::run(args, log, cli.log.is_json()),
+        Command::Verify(args) => cmd::verify::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,3 +6,4 @@ pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod demo;
 pub(crate) mod node;
+pub(crate) mod verify;
