@@ -537,3 +537,73 @@ fn strict_peer_authentication_refuses_plaintext_from_outside_the_mesh() {
     outside_task.abort();
     inside_task.abort();
 }
+
+/// Runs `ambit verify` capturing the whole wire for `seconds`; returns (success, stdout).
+fn verify(mesh: &LocalMesh, seconds: u32) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ambit"));
+    command
+        .args([
+            "verify",
+            "--capture",
+            &seconds.to_string(),
+            "--interface",
+            "any",
+        ])
+        .arg("--capture-netns")
+        .arg(mesh.topology().wire_path());
+    for node in mesh.nodes() {
+        let addrs = mesh.node_addrs(&node.name).unwrap();
+        command
+            .args(["--admin", &addrs.admin.to_string()])
+            .args(["--stats", &addrs.stats.to_string()]);
+    }
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn verify_passes_on_the_mesh_and_fails_on_a_pod_whose_capture_was_removed() {
+    let n = 77;
+    let (mesh, _dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
+    let _server =
+        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let prom = netns(&mesh, "prometheus/prometheus-0");
+    let (tally, task) = workloads::scrape_every(prom.clone(), exporter, Duration::from_millis(100));
+
+    let (ok, out) = verify(&mesh, 2);
+    assert!(ok, "verify fails on a healthy mesh:\n{out}");
+    assert!(
+        out.contains("prometheus-0") && out.contains("node-exporter"),
+        "{out}"
+    );
+    assert!(!out.contains("PLAINTEXT"), "{out}");
+
+    // Someone deletes the pod's capture rules: its scrapes now cross the wire in plaintext (the
+    // exporter's own rules still take them, through 15006, as PERMISSIVE allows).
+    let mut nft = Command::new("nft");
+    nft.args(["delete", "table", "inet", "ambit"]);
+    assert!(prom.output(nft).unwrap().status.success());
+    let before = tally.ok();
+    eventually("plaintext scrapes", Duration::from_secs(10), || {
+        if tally.ok() > before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", tally.last_error()))
+        }
+    });
+    let (ok, out) = verify(&mesh, 2);
+    assert!(
+        !ok,
+        "verify passed although an enrolled pod sent plaintext:\n{out}"
+    );
+    assert!(out.contains("PLAINTEXT"), "{out}");
+    task.abort();
+}

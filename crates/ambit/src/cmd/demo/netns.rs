@@ -267,6 +267,30 @@ fn print_endpoints(mesh: &LocalMesh) {
         "  curl http://{}/debug/workloads     # the control plane's view",
         mesh.control_monitoring()
     );
+    // Proof from the wire: capture every pod's packets on the bridge and check they are TLS.
+    let mut verify = format!(
+        "ambit verify --capture 5 --capture-netns {} --interface any",
+        mesh.topology().wire_path().display()
+    );
+    for node in mesh.nodes() {
+        if let Some(a) = mesh.node_addrs(&node.name) {
+            verify.push_str(&format!(" --admin {} --stats {}", a.admin, a.stats));
+        }
+    }
+    if std::env::var_os(ambit_localmesh::userns::MARKER).is_some() {
+        // tcpdump cannot run as root inside a user namespace made without newuidmap (it
+        // insists on setgroups, which such a namespace denies).
+        println!(
+            "  # packet capture (ambit verify --capture) needs a demo run as root; from metrics:"
+        );
+        verify = verify
+            .split(" --admin")
+            .skip(1)
+            .fold("ambit verify".to_owned(), |acc, part| {
+                acc + " --admin" + part
+            });
+    }
+    println!("  {verify}");
 }
 
 /// Fails early, saying how to install what is missing.
