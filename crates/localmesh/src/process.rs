@@ -2,6 +2,7 @@
 //! line by line (and optionally echoed), and stopped with SIGTERM on drop.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +37,9 @@ impl Role {
     ) -> std::io::Result<Self> {
         let mut child = Command::new(exe)
             .args(args)
+            // Its own process group: a terminal's Ctrl-C reaches only the owner, which then
+            // stops the roles in order (and can still read their final counters).
+            .process_group(0)
             .env("RUST_LOG_STYLE", "never")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -184,6 +185,9 @@ impl Holder {
         let mut sleep = Command::new("sleep");
         sleep
             .arg("infinity")
+            // Not in the owner's process group: Ctrl-C must not take the namespaces away
+            // before the owner has stopped what runs in them.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

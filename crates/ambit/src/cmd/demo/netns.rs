@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ambit_localmesh::workloads::{self, Tally};
 use ambit_localmesh::{Cluster, LocalMesh, Namespace, Options, Pod};
 use anyhow::{Context, bail};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::DemoArgs;
 use super::report::Flows;
@@ -89,6 +90,13 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!(
         "  namespace prometheus: istio.io/dataplane-mode=ambient (enrolled); default: not enrolled"
     );
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // From here on Ctrl-C is caught (and acted on once the mesh is up), so it never leaves
+    // roles or namespaces behind.
+    let mut interrupt = {
+        let _runtime = runtime.enter();
+        signal(SignalKind::interrupt()).context("cannot catch Ctrl-C")?
+    };
     println!("starting control plane, capture agent(s) and node proxy(ies), creating pods…");
     let started = Instant::now();
     let mesh = LocalMesh::start(options, cluster).context("cannot build the local mesh")?;
@@ -107,8 +115,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(run_workloads(args, &mesh));
+    let outcome = runtime.block_on(run_workloads(args, &mesh, &mut interrupt));
     runtime.shutdown_timeout(Duration::from_secs(2));
     stopping.store(true, Ordering::Relaxed);
     let flows = flows(&mesh);
@@ -130,6 +137,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
 async fn run_workloads(
     args: &DemoArgs,
     mesh: &LocalMesh,
+    interrupt: &mut Signal,
 ) -> anyhow::Result<((u64, u64), (u64, u64))> {
     let pod = |key: &str| {
         mesh.topology()
@@ -173,8 +181,6 @@ async fn run_workloads(
         }
     };
     tokio::pin!(end);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH);
     loop {
         tokio::select! {
@@ -190,7 +196,7 @@ async fn run_workloads(
                 print!("{}", flows(mesh).table());
             }
             () = &mut end => break,
-            _ = &mut ctrl_c => { println!("\ninterrupted"); break }
+            _ = interrupt.recv() => { println!("\ninterrupted"); break }
         }
     }
     let scrape_counts = match &prometheus {

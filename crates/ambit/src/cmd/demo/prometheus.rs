@@ -4,6 +4,7 @@
 //! socket in the same namespace.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -40,6 +41,7 @@ pub(super) fn start(netns: &Netns, target: SocketAddr, dir: &Path) -> anyhow::Re
             dir.join("data").display()
         ))
         .arg(format!("--web.listen-address={API}"))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
