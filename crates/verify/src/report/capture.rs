@@ -84,7 +84,11 @@ fn judge_flow(flow: &Flow, source: &Endpoint, destination: &Endpoint) -> (Status
     // metrics and access-log rows judge it too.
     if let Some(what) = plaintext {
         if !(source.enrolled && destination.enrolled) {
-            let outside = if source.enrolled { "destination" } else { "source" };
+            let outside = if source.enrolled {
+                "destination"
+            } else {
+                "source"
+            };
             return (
                 Status::NotEnrolled,
                 format!("{what}; the {outside} is not enrolled"),
