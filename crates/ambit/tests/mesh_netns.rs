@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ambit_localmesh::workloads::{self, EXPORTER_METRIC};
@@ -101,56 +101,31 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Runs `tcpdump` on the wire's bridge until dropped; `.text()` gives what it saw, ASCII.
-struct Capture {
-    child: Child,
-    file: std::path::PathBuf,
-}
+/// A packet capture of the whole wire (every pod's veth), through `ambit verify`'s capture.
+struct Capture(ambit_verify::capture::RunningCapture);
 
 impl Capture {
     fn start(mesh: &LocalMesh, dir: &std::path::Path) -> Self {
-        let file = dir.join("wire.pcap");
-        let mut cmd = Command::new("tcpdump");
-        cmd.args([
-            "-i",
-            ambit_localmesh::topology::BRIDGE,
-            "-U",
-            "-s",
-            "0",
-            "-n",
-            "-Z",
-            "root",
-            "-w",
-        ])
-        .arg(&file)
-        .arg("tcp")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = mesh
-            .topology()
-            .wire()
-            .spawn(cmd)
-            .expect("tcpdump (apt-get install tcpdump)");
-        std::thread::sleep(Duration::from_millis(500));
-        Self { child, file }
+        let spec = ambit_verify::capture::CaptureSpec::tcp("any", dir.join("wire.pcap"))
+            .in_netns(mesh.topology().wire().clone(), "wire");
+        // Returns once tcpdump says it is listening.
+        Self(ambit_verify::capture::start(spec).expect("tcpdump (apt-get install tcpdump)"))
     }
 
-    fn stop(mut self) -> Vec<u8> {
+    /// Stops and returns the captured TCP flows.
+    fn stop(self) -> Vec<ambit_verify::flows::Flow> {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        std::fs::read(&self.file).unwrap()
+        let path = self.0.output().to_owned();
+        self.0.stop().unwrap();
+        let trace = ambit_verify::pcap::read_file(&path).unwrap();
+        ambit_verify::flows::assemble(&trace.segments)
     }
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+fn any_contains(flows: &[ambit_verify::flows::Flow], needle: &str) -> bool {
+    flows.iter().any(|f| f.contains(needle.as_bytes()))
 }
+
 
 #[test]
 fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
@@ -243,16 +218,35 @@ fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
         opened >= 1.0,
         "destination-reported mTLS connections: {opened}"
     );
-    // The wire carried the scrapes, but never the metric names in plaintext.
-    assert!(contains(&wire, "\x16\x03"), "TLS records seen on the wire");
+    // The wire carried the scrapes over HBONE (TLS both ways), never the metric names or the
+    // request in plaintext.
+    use ambit_verify::flows::Class;
+    let exporter_ip = std::net::IpAddr::from(Ipv4Addr::new(10, n, 1, 2));
+    let hbone: Vec<_> = wire
+        .iter()
+        .filter(|f| f.server.ip() == exporter_ip && f.server.port() == 15008)
+        .collect();
     assert!(
-        !contains(&wire, "node_cpu_seconds_total") && !contains(&wire, EXPORTER_METRIC),
-        "a scraped metric name crossed the wire in plaintext"
+        !hbone.is_empty(),
+        "no HBONE flow to the exporter on the wire"
     );
+    for flow in &hbone {
+        for class in [flow.to_server.class, flow.to_client.class] {
+            assert!(matches!(class, Class::Tls | Class::Empty), "{flow:?}");
+        }
+    }
     assert!(
-        !contains(&wire, "GET /metrics"),
-        "the scrape request crossed the wire in plaintext"
+        !wire
+            .iter()
+            .any(|f| f.server.ip() == exporter_ip && f.server.port() == 9100),
+        "a scrape went to the exporter's port directly"
     );
+    for needle in ["node_cpu_seconds_total", EXPORTER_METRIC, "GET /metrics"] {
+        assert!(
+            !any_contains(&wire, needle),
+            "{needle:?} crossed the wire in plaintext"
+        );
+    }
 }
 
 #[test]
@@ -283,7 +277,7 @@ fn a_namespace_outside_the_mesh_stays_plaintext_and_untouched() {
     task.abort();
     let wire = capture.stop();
     assert!(
-        contains(&wire, "hello 1"),
+        any_contains(&wire, "hello 1"),
         "the unenrolled echo is visible on the wire, as it should be"
     );
     let text = mesh.metrics("node-a").unwrap();
@@ -397,7 +391,7 @@ fn a_node_proxy_restart_refuses_rather_than_leaks_and_then_recovers() {
     assert!(tally.failed() >= 1);
     let wire = capture.stop();
     assert!(
-        !contains(&wire, "GET /metrics"),
+        !any_contains(&wire, "GET /metrics"),
         "nothing escaped in plaintext while the proxy was down"
     );
 
