@@ -126,7 +126,6 @@ fn any_contains(flows: &[ambit_verify::flows::Flow], needle: &str) -> bool {
     flows.iter().any(|f| f.contains(needle.as_bytes()))
 }
 
-
 #[test]
 fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
     let n = 71;
