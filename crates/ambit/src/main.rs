@@ -42,6 +42,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Copied by `ambit cni --install-cni` to <cni bin dir>/ambit-cni, the binary is run by the
+    // container runtime as a CNI plugin: CNI_* variables and stdin, no ambit arguments.
+    if ambit_capture::install::invoked_as_plugin() {
+        return ambit_capture::plugin::run_plugin();
+    }
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // The demo's screen is its tables; only access logs and problems go to stderr.

@@ -10,7 +10,9 @@
 //!
 //! It reconciles on every CNI event, whenever the enrollment source reports a change, and
 //! every [`AgentConfig::resync_interval`]: a running pod that becomes enrolled (a label
-//! change) is captured without a restart, and one that leaves is released.
+//! change) is captured without a restart, and one that leaves is released. An enrolled pod
+//! the agent has no CNI event for (it ran before the agent, or its ADD was lost with the
+//! agent's state) is found by its addresses in procfs and captured too (see [`DiscoveryConfig`]).
 //!
 //! ADD semantics: an ADD of an enrolled pod returns once the rules are in place and the node
 //! proxy acknowledged the pod. When no node proxy is connected, it returns `Ok` as soon as the
@@ -27,6 +29,7 @@
 //!   captured (so the node proxy's replay is complete) before the enrollment source has synced.
 //! - While the enrollment source is not synced, nothing is released.
 
+mod discover;
 mod events;
 mod pods;
 mod state;
@@ -40,14 +43,17 @@ use std::time::Duration;
 use ambit_netns::NetnsError;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::enrollment::{Enrollment, PodName};
 use crate::rules::{Rules, RulesError};
 use crate::zds::{AckState, Zds, ZdsConfig, ZdsError};
 
+pub use discover::DiscoveryConfig;
 pub use state::StateError;
 
+use discover::Discoverer;
 use pods::Pod;
 use state::StateStore;
 
@@ -62,6 +68,14 @@ pub struct AgentConfig {
     pub rules: Rules,
     /// How often every pod is reconciled even without a change (retries failed captures).
     pub resync_interval: Duration,
+    /// Where to look for the namespaces of enrolled pods without a CNI event; `None` turns
+    /// the search off.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Where the host's file system is mounted when the agent runs in a container (`/host` in
+    /// the DaemonSet). CNI events name a pod's namespace by its host path
+    /// (`/var/run/netns/cni-…`); under this root the agent finds it at
+    /// `/host/var/run/netns/cni-…`, and falls back to the path as given.
+    pub host_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -71,6 +85,8 @@ impl AgentConfig {
             zds,
             rules,
             resync_interval: Duration::from_secs(60),
+            discovery: Some(DiscoveryConfig::default()),
+            host_root: None,
         }
     }
 }
@@ -153,6 +169,8 @@ struct Inner {
     zds: Zds,
     enrollment: Arc<dyn Enrollment>,
     store: StateStore,
+    discovery: Option<Discoverer>,
+    host_root: Option<PathBuf>,
     pods: tokio::sync::Mutex<BTreeMap<PodName, Pod>>,
     reconciler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -171,6 +189,8 @@ impl Agent {
             zds,
             enrollment,
             store,
+            discovery: config.discovery.map(Discoverer::new),
+            host_root: config.host_root,
             pods: tokio::sync::Mutex::default(),
             reconciler: Mutex::default(),
         });
@@ -205,9 +225,10 @@ impl Agent {
         self.inner.pod_checked(pod).await
     }
 
-    /// Brings every pod in line with enrollment now (it also happens on its own).
+    /// Brings every pod in line with enrollment now, looking for the namespaces of enrolled
+    /// pods it does not know when a search is due (it also happens on its own).
     pub async fn reconcile(&self) {
-        self.inner.reconcile().await;
+        self.inner.reconcile_all().await;
     }
 
     /// Every known pod.
@@ -252,6 +273,13 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Inner {
+    /// Reconciles the known pods, then looks for unknown enrolled ones. Returns when the next
+    /// search for them is due, if one will be.
+    async fn reconcile_all(&self) -> Option<Instant> {
+        self.reconcile().await;
+        self.discover().await
+    }
+
     fn status_of(&self, name: &PodName, pod: &Pod) -> PodStatus {
         let ack = self.zds.ack_state(&pod.uid);
         let error = pod.error.clone().or(match &ack {
@@ -271,14 +299,17 @@ impl Inner {
     }
 }
 
-/// Reconciles on every enrollment change and every `interval`, until the agent is gone.
+/// Reconciles on every enrollment change, every `interval`, and when a search for unknown pods
+/// is due, until the agent is gone.
 async fn reconcile_loop(agent: Weak<Inner>, mut changes: watch::Receiver<u64>, interval: Duration) {
     let mut changes_open = true;
     loop {
-        match agent.upgrade() {
-            Some(inner) => inner.reconcile().await,
+        let search_due = match agent.upgrade() {
+            Some(inner) => inner.reconcile_all().await,
             None => return,
-        }
+        };
+        let resync = Instant::now() + interval;
+        let wake = search_due.map_or(resync, |due| due.min(resync));
         tokio::select! {
             changed = changes.changed(), if changes_open => {
                 if changed.is_err() {
@@ -286,7 +317,7 @@ async fn reconcile_loop(agent: Weak<Inner>, mut changes: watch::Receiver<u64>, i
                     changes_open = false;
                 }
             }
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
 }

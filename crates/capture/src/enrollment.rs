@@ -2,7 +2,9 @@
 //!
 //! An [`Enrollment`] answers "is this pod enrolled, and as which service account" and bumps a
 //! watch whenever an answer may have changed, so the agent reconciles running pods without
-//! waiting for a new CNI event. Two sources exist:
+//! waiting for a new CNI event. It also lists every enrolled pod with its addresses, so the
+//! agent can find the network namespace of an enrolled pod whose CNI ADD it never saw (see
+//! [`crate::discovery`]). Two sources exist:
 //!
 //! - [`StaticEnrollment`]: an in-memory set changed by method calls (tests, the demo);
 //! - [`WdsEnrollment`]: the control plane's WDS, where a pod is enrolled iff its `Workload` is
@@ -11,6 +13,7 @@
 mod wds;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -44,12 +47,18 @@ impl std::fmt::Display for PodName {
 pub struct Enrolled {
     /// The pod's service account, passed to the node proxy in `WorkloadInfo`.
     pub service_account: String,
+    /// The pod's addresses, when the source knows them: how the agent finds the network
+    /// namespace of a running pod it has no CNI event for.
+    pub ips: Vec<IpAddr>,
 }
 
 /// A source of enrollment decisions.
 pub trait Enrollment: Send + Sync + 'static {
     /// `Some` when `pod` is enrolled.
     fn enrolled(&self, pod: &PodName) -> Option<Enrolled>;
+
+    /// Every enrolled pod.
+    fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)>;
 
     /// A receiver whose value changes whenever [`Enrollment::enrolled`] or
     /// [`Enrollment::synced`] may answer differently.
@@ -80,8 +89,20 @@ impl StaticEnrollment {
 
     /// Enrolls `pod` with `service_account` (replacing an earlier enrollment).
     pub fn enroll(&self, pod: PodName, service_account: impl Into<String>) {
+        self.enroll_with_ips(pod, service_account, Vec::new());
+    }
+
+    /// Enrolls `pod` with `service_account` and its addresses, as the control plane's
+    /// `Workload` carries them (replacing an earlier enrollment).
+    pub fn enroll_with_ips(
+        &self,
+        pod: PodName,
+        service_account: impl Into<String>,
+        ips: Vec<IpAddr>,
+    ) {
         let enrolled = Enrolled {
             service_account: service_account.into(),
+            ips,
         };
         self.pods
             .lock()
@@ -114,6 +135,11 @@ impl Enrollment for StaticEnrollment {
             .cloned()
     }
 
+    fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)> {
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        pods.iter().map(|(n, e)| (n.clone(), e.clone())).collect()
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
@@ -122,6 +148,10 @@ impl Enrollment for StaticEnrollment {
 impl<T: Enrollment + ?Sized> Enrollment for std::sync::Arc<T> {
     fn enrolled(&self, pod: &PodName) -> Option<Enrolled> {
         (**self).enrolled(pod)
+    }
+
+    fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)> {
+        (**self).enrolled_pods()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

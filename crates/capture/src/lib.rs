@@ -5,7 +5,9 @@
 //! the node proxy then opens its listeners inside it. Pods become known through the CNI plugin
 //! ([`plugin`]), which the container runtime runs for every pod sandbox; whether a pod is
 //! enrolled comes from an [`enrollment`] source (the control plane's WDS in production). The
-//! [`agent`] ties them together and keeps its pods across restarts.
+//! [`agent`] ties them together and keeps its pods across restarts; it finds the namespaces of
+//! pods that ran before it through [`discovery`]. [`install`] puts the plugin on the node:
+//! the binary into the CNI bin folder and the plugin into the node's CNI configuration.
 //!
 //! ```text
 //! runtime ─CNI─► plugin ─unix socket─► agent ─nft/iptables─► pod netns
@@ -14,12 +16,14 @@
 //! ```
 
 pub mod agent;
+pub mod discovery;
 pub mod enrollment;
+pub mod install;
 pub mod plugin;
 pub mod rules;
 pub mod zds;
 
-pub use agent::{Agent, AgentConfig, AgentError, CniPod, PodStatus};
+pub use agent::{Agent, AgentConfig, AgentError, CniPod, DiscoveryConfig, PodStatus};
 pub use enrollment::{Enrolled, Enrollment, PodName, StaticEnrollment, WdsEnrollment};
 pub use rules::{Backend, BackendChoice, Rules, RulesError};
 pub use zds::{AckState, Zds, ZdsConfig, ZdsError, ZdsPod};

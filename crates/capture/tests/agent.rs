@@ -423,3 +423,40 @@ async fn events_from_the_plugin_channel_reach_the_agent() {
     assert!(err.to_string().contains("no network namespace"), "{err}");
     events.abort();
 }
+
+#[tokio::test]
+async fn a_netns_path_from_the_host_is_opened_under_the_host_root() {
+    // In the DaemonSet the host's /var/run/netns is mounted at /host/var/run/netns, while the
+    // runtime names the namespace by its host path.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("host");
+    std::fs::create_dir_all(root.join("var/run/netns")).unwrap();
+    let pod = TestPod::new();
+    std::os::unix::fs::symlink(&pod.path, root.join("var/run/netns/cni-1234")).unwrap();
+    let enrollment = Arc::new(StaticEnrollment::new());
+    let mut config = AgentConfig::new(
+        dir.path().join("state"),
+        ZdsConfig::new(dir.path().join("zds.sock")),
+        rules(),
+    );
+    config.host_root = Some(root.clone());
+    let agent = Agent::start(config, enrollment.clone()).await.unwrap();
+    enrollment.enroll(PodName::new("ns", "web"), "sa-web");
+
+    let mut event = cni("web", &pod);
+    event.netns = Some("/var/run/netns/cni-1234".into());
+    agent.pod_added(event).await.unwrap();
+    rules().check(&pod.netns).unwrap();
+    let status = agent.status().await.remove(0);
+    assert_eq!(status.netns, root.join("var/run/netns/cni-1234"));
+
+    // A path that exists only as given (the local mesh's /proc/<pid>/ns/net) still opens.
+    let other = TestPod::new();
+    agent.pod_added(cni("other", &other)).await.unwrap();
+    let status = agent.status().await;
+    assert_eq!(
+        status.iter().find(|s| s.name == "other").unwrap().netns,
+        other.path
+    );
+    agent.shutdown().await;
+}

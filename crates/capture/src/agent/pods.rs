@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ambit_netns::Netns;
+use ambit_netns::{Netns, NetnsError};
 use tracing::{debug, info, warn};
 
 use super::state::PodRecord;
@@ -42,7 +42,7 @@ impl Inner {
         let path = event
             .netns
             .ok_or_else(|| AgentError::NoNetns { pod: name.clone() })?;
-        let netns = Netns::open(&path).map_err(|source| AgentError::Netns {
+        let (path, netns) = self.open_netns(path).map_err(|source| AgentError::Netns {
             pod: name.clone(),
             source,
         })?;
@@ -51,12 +51,22 @@ impl Inner {
             .filter(|uid| !uid.is_empty())
             .unwrap_or_else(|| name.to_string());
         let mut pods = self.pods.lock().await;
-        let same_sandbox = pods.get(&name).is_some_and(|old| {
-            old.container_id == event.container_id && old.netns == netns && old.uid == uid
-        });
-        if !same_sandbox && let Some(mut old) = pods.remove(&name) {
-            info!(pod = %name, "a new sandbox replaces the pod's old one");
-            self.release(&name, &mut old).await;
+        match pods.get_mut(&name) {
+            Some(old)
+                if old.container_id == event.container_id
+                    && old.netns == netns
+                    && old.uid == uid => {}
+            Some(old) if old.container_id.is_empty() && old.netns == netns => {
+                self.take_over_discovered(&name, old, uid.clone(), &event.container_id, &path)
+                    .await;
+            }
+            Some(_) => {
+                if let Some(mut old) = pods.remove(&name) {
+                    info!(pod = %name, "a new sandbox replaces the pod's old one");
+                    self.release(&name, &mut old).await;
+                }
+            }
+            None => {}
         }
         let pod = pods.entry(name.clone()).or_insert_with(|| Pod {
             uid,
@@ -82,6 +92,44 @@ impl Inner {
         };
         self.persist(&pods);
         result
+    }
+
+    /// Opens the namespace a CNI event names, under the host root first (see
+    /// [`super::AgentConfig::host_root`]). Returns the path that opened it.
+    fn open_netns(&self, path: PathBuf) -> Result<(PathBuf, Netns), NetnsError> {
+        if let Some(root) = &self.host_root
+            && let Ok(relative) = path.strip_prefix("/")
+        {
+            let under_root = root.join(relative);
+            if let Ok(netns) = Netns::open(&under_root) {
+                return Ok((under_root, netns));
+            }
+        }
+        let netns = Netns::open(&path)?;
+        Ok((path, netns))
+    }
+
+    /// An ADD for the namespace of a pod found by discovery: the pod takes the runtime's sandbox
+    /// id and uid. The node proxy keys pods by uid, so a captured pod is moved to the new one
+    /// (the capture that follows adds it again); its rules stay in place throughout.
+    async fn take_over_discovered(
+        &self,
+        name: &PodName,
+        pod: &mut Pod,
+        uid: String,
+        container_id: &str,
+        path: &std::path::Path,
+    ) {
+        info!(pod = %name, "the runtime's ADD names the network namespace found by discovery; taking its sandbox id and uid");
+        if pod.uid != uid && pod.captured {
+            if let Err(e) = self.zds.del(&pod.uid).await {
+                warn!(pod = %name, error = %error_chain(&e), "the node proxy did not confirm the removal of the pod's discovered uid");
+            }
+            pod.captured = false;
+        }
+        pod.uid = uid;
+        container_id.clone_into(&mut pod.container_id);
+        path.clone_into(&mut pod.netns_path);
     }
 
     pub(super) async fn pod_deleted(&self, event: CniPod) {
@@ -167,6 +215,7 @@ impl Inner {
             if record.captured {
                 let enrolled = Enrolled {
                     service_account: record.service_account,
+                    ips: pod.ips.clone(),
                 };
                 let _ = self.capture(&name, &mut pod, enrolled).await;
             }
@@ -187,7 +236,7 @@ impl Inner {
     }
 
     /// Installs the rules, then hands the pod to the node proxy.
-    async fn capture(
+    pub(super) async fn capture(
         &self,
         name: &PodName,
         pod: &mut Pod,
@@ -250,7 +299,7 @@ impl Inner {
         info!(pod = %name, "pod released");
     }
 
-    fn persist(&self, pods: &Pods) {
+    pub(super) fn persist(&self, pods: &Pods) {
         let records = pods
             .iter()
             .map(|(name, pod)| PodRecord {

@@ -3,12 +3,15 @@
 //! The control plane marks an enrolled pod's `Workload` with `tunnel_protocol: HBONE`; that is
 //! the mark the node proxy acts on, so the agent follows the same resource: a pod is enrolled
 //! iff a `Workload` for it (uid `<cluster>//Pod/<namespace>/<name>`, or failing that its
-//! `namespace` and `name` fields) is on this node and speaks HBONE. Services are ignored.
+//! `namespace` and `name` fields) is on this node and speaks HBONE. Services are ignored. The
+//! workload's `addresses` (4 or 16 bytes each) become the pod's [`Enrolled::ips`]; other
+//! lengths are skipped.
 //!
 //! Like the node proxy, a resource that does not decode is left out and named in the NACK; the
 //! rest of the update still applies.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ambit_proto::envoy::config::core::v3::Node;
@@ -128,6 +131,7 @@ impl WdsEnrollment {
         };
         let enrolled = Enrolled {
             service_account: workload.service_account.clone(),
+            ips: workload.addresses.iter().filter_map(|a| ip_of(a)).collect(),
         };
         Some((pod, enrolled))
     }
@@ -183,6 +187,15 @@ impl WdsEnrollment {
     }
 }
 
+/// An address as WDS carries it: 4 bytes of IPv4 or 16 of IPv6.
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
 impl View {
     fn remove(&mut self, resource: &str) {
         if let Some(pod) = self.by_resource.remove(resource) {
@@ -199,6 +212,18 @@ impl Enrollment for WdsEnrollment {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         view.pods.get(pod).cloned()
+    }
+
+    fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)> {
+        let view = self
+            .inner
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        view.pods
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -309,6 +334,34 @@ mod tests {
         );
         assert!(changes.has_changed().unwrap());
         assert!(!e.synced(), "only an initial update completes the view");
+    }
+
+    #[test]
+    fn enrolled_pods_carry_the_workload_addresses() {
+        let e = enrollment();
+        let mut w = workload("ns", "a", "node-a", true);
+        w.addresses = vec![
+            vec![10, 1, 2, 3],
+            "fd00::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            vec![1, 2, 3],
+        ];
+        e.handle(
+            ambit_proto::ADDRESS_TYPE_URL,
+            update(vec![resource("a", w)], vec![]),
+        )
+        .unwrap();
+        let ips: Vec<IpAddr> = vec!["10.1.2.3".parse().unwrap(), "fd00::7".parse().unwrap()];
+        assert_eq!(e.enrolled(&PodName::new("ns", "a")).unwrap().ips, ips);
+        let all = e.enrolled_pods();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].0.clone(), all[0].1.ips.clone()),
+            (PodName::new("ns", "a"), ips)
+        );
     }
 
     #[test]
