@@ -11,8 +11,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p ambit \
     && install -D -m 0755 target/release/ambit /out/ambit
 
-# --- runtime: glibc and CA certificates, no shell, no package manager -------------------------
-FROM gcr.io/distroless/cc-debian12:nonroot
+# --- runtime: glibc, CA certificates, and nftables/iptables for the capture agent's pod rules --
+FROM debian:bookworm-slim
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates nftables iptables \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ambit /usr/local/bin/ambit
 # Non-root by default; the charts run the node proxy and the capture agent as root, because they
 # enter pod network namespaces and write host CNI folders.
