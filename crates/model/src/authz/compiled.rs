@@ -1,7 +1,9 @@
 //! [`CompiledPolicy`]: an `istio.security.Authorization` in the form the data path evaluates.
 //!
 //! Compiling parses everything once — CIDRs become masked integers, string matches are
-//! classified, ports become `u16` — so a match walks plain slices and allocates nothing.
+//! classified with exact values pre-hashed, ports become `u16` — and then flattens the rules
+//! into a [`Program`] of tests with continuations, so a decision walks one array and allocates
+//! nothing.
 //!
 //! Semantics are ztunnel's, so a policy means the same here whether Ambit's control plane or a
 //! stock istiod produced it: a policy matches when any rule matches; a rule when all its clauses
@@ -18,12 +20,11 @@
 //! which can widen an ALLOW. Each such entry is kept as a warning on the policy.
 
 use std::fmt;
-use std::net::IpAddr;
 
-use ambit_proto::security::string_match::MatchType;
 use ambit_proto::security::{self as wire, Authorization};
 
-use super::{Peer, fx_hash};
+use super::Peer;
+use super::program::{Builder, Cidr, Next, Program, StrMatch, Test, TooLarge};
 
 /// The scope of a policy: which workloads it applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,49 +54,30 @@ pub struct CompiledPolicy {
     scope: PolicyScope,
     action: PolicyAction,
     dry_run: bool,
-    rules: Box<[Box<[Clause]>]>,
+    program: Program,
     warnings: Vec<String>,
 }
 
-type Clause = Box<[CompiledMatch]>;
+/// A wire rule as read: its clauses, each a list of matches. Only lives while compiling.
+type Rule = Vec<Vec<CompiledMatch>>;
 
 /// One wire `Match`, as the fields it sets: all must hold.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CompiledMatch {
     /// Never holds: empty on the wire, or unreadable in an ALLOW policy.
     never: bool,
     /// Only the fields the match sets, cheapest first.
-    checks: Box<[Check]>,
+    fields: Vec<Field>,
 }
 
-/// One field of a match. A positive field holds when any entry matches; a negated one
+/// One field of a match: a positive field holds when any entry holds; a negated one
 /// (`not_…`) when none does.
-#[derive(Debug, Clone)]
-enum Check {
-    DestinationPorts(Box<[u16]>, Negated),
-    DestinationIps(Box<[Cidr]>, Negated),
-    SourceIps(Box<[Cidr]>, Negated),
-    Namespaces(Box<[StrMatch]>, Negated),
-    ServiceAccounts(Box<[(Box<str>, Box<str>)]>, Negated),
-    Principals(Box<[StrMatch]>, Negated),
-}
-
-type Negated = bool;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum StrMatch {
-    /// With the value's hash, so most mismatches cost one integer comparison.
-    Exact(Box<str>, u64),
-    Prefix(Box<str>),
-    Suffix(Box<str>),
-    /// Any non-empty value.
-    Presence,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cidr {
-    V4 { net: u32, mask: u32 },
-    V6 { net: u128, mask: u128 },
+#[derive(Debug)]
+struct Field {
+    /// Any of them holding makes the field hold (one test, or two when exact strings and
+    /// patterns mix).
+    tests: Vec<Test>,
+    negated: bool,
 }
 
 // === impl CompiledPolicy ===
@@ -128,39 +110,23 @@ impl CompiledPolicy {
                 PolicyScope::Global
             }
         };
-        let rules = authorization
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(r, rule)| {
-                rule.clauses
-                    .iter()
-                    .enumerate()
-                    .map(|(c, clause)| {
-                        clause
-                            .matches
-                            .iter()
-                            .enumerate()
-                            .map(|(m, wire_match)| {
-                                let mut warn = |what: String| {
-                                    warnings.push(format!(
-                                        "rules[{r}].clauses[{c}].matches[{m}]: {what}"
-                                    ));
-                                };
-                                CompiledMatch::compile(wire_match, action, &mut warn)
-                            })
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
+        let rules = read_rules(authorization, action, &mut warnings);
+        let program = lower(rules).unwrap_or_else(|TooLarge| {
+            // Unreachable from the wire (see `TooLarge`); fail closed all the same.
+            let (outcome, meaning) = match action {
+                PolicyAction::Allow => (Next::NO_MATCH, "nothing"),
+                PolicyAction::Deny => (Next::FIRST_RULE, "every connection"),
+            };
+            warnings.push(format!("too many entries to evaluate; matches {meaning}"));
+            Program::constant(outcome)
+        });
         Self {
             key: format!("{}/{}", authorization.namespace, authorization.name).into(),
             namespace: authorization.namespace.as_str().into(),
             scope,
             action,
             dry_run,
-            rules,
+            program,
             warnings,
         }
     }
@@ -193,17 +159,17 @@ impl CompiledPolicy {
     }
 
     /// Whether the policy matches the connection.
+    // Inlined into the decision loop with the walk; see the `program` module docs.
+    #[inline(always)]
     pub(super) fn matches(&self, peer: &Peer<'_>) -> bool {
         self.matching_rule(peer).is_some()
     }
 
     /// The index of the first rule that matches.
+    // Inlined into the decision loop with the walk; see the `program` module docs.
+    #[inline(always)]
     pub(super) fn matching_rule(&self, peer: &Peer<'_>) -> Option<usize> {
-        self.rules.iter().position(|clauses| {
-            clauses
-                .iter()
-                .all(|matches| matches.is_empty() || matches.iter().any(|m| m.matches(peer)))
-        })
+        self.program.first_match(peer)
     }
 }
 
@@ -226,91 +192,94 @@ impl fmt::Display for PolicyScope {
     }
 }
 
-// === impl CompiledMatch ===
+// === reading ===
 
-/// Reads one list of entries: `None` if it is empty, `Err` if any entry cannot be read.
-fn list<T, U>(
-    entries: &[T],
-    field: &str,
-    read: impl Fn(&T) -> Option<U>,
-    warn: &mut dyn FnMut(String),
-) -> Result<Option<Box<[U]>>, ()> {
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    let mut out = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        match read(entry) {
-            Some(v) => out.push(v),
-            None => {
-                warn(format!("{field}[{i}] cannot be read"));
-                return Err(());
+/// Reads the rules of a policy, reporting what cannot be read through `warnings`.
+fn read_rules(
+    authorization: &Authorization,
+    action: PolicyAction,
+    warnings: &mut Vec<String>,
+) -> Vec<Rule> {
+    let mut rules = Vec::with_capacity(authorization.rules.len());
+    for (r, rule) in authorization.rules.iter().enumerate() {
+        let mut clauses = Vec::with_capacity(rule.clauses.len());
+        for (c, clause) in rule.clauses.iter().enumerate() {
+            let mut matches = Vec::with_capacity(clause.matches.len());
+            for (m, wire_match) in clause.matches.iter().enumerate() {
+                let mut warn = |what: String| {
+                    warnings.push(format!("rules[{r}].clauses[{c}].matches[{m}]: {what}"));
+                };
+                matches.push(CompiledMatch::read(wire_match, action, &mut warn));
             }
+            clauses.push(matches);
         }
+        rules.push(clauses);
     }
-    Ok(Some(out.into_boxed_slice()))
+    rules
 }
 
 impl CompiledMatch {
-    fn compile(m: &wire::Match, action: PolicyAction, warn: &mut dyn FnMut(String)) -> Self {
-        let mut unreadable = false;
-        let mut checks = Vec::new();
-        let mut add = |read: Result<Option<Check>, ()>| match read {
-            Ok(check) => checks.extend(check),
-            Err(()) => unreadable = true,
+    fn read(m: &wire::Match, action: PolicyAction, warn: &mut dyn FnMut(String)) -> Self {
+        let mut fields = Fields {
+            fields: Vec::new(),
+            unreadable: false,
+            warn,
         };
-        let sa = |s: &wire::ServiceAccountMatch| {
+        let port = |p: &u32| u16::try_from(*p).ok();
+        let service_account = |s: &wire::ServiceAccountMatch| {
             Some((
                 s.namespace.as_str().into(),
                 s.service_account.as_str().into(),
             ))
         };
-        let port = |p: &u32| u16::try_from(*p).ok();
-        // Cheapest checks first.
-        for negated in [false, true] {
-            let (ports, name) = pick(
-                negated,
-                &m.destination_ports,
-                &m.not_destination_ports,
-                "destination_ports",
-            );
-            add(list(ports, &name, port, warn)
-                .map(|l| l.map(|l| Check::DestinationPorts(l, negated))));
-        }
-        for negated in [false, true] {
-            let (ips, name) = pick(
-                negated,
-                &m.destination_ips,
-                &m.not_destination_ips,
-                "destination_ips",
-            );
-            add(list(ips, &name, Cidr::read, warn)
-                .map(|l| l.map(|l| Check::DestinationIps(l, negated))));
-        }
-        for negated in [false, true] {
-            let (ips, name) = pick(negated, &m.source_ips, &m.not_source_ips, "source_ips");
-            add(list(ips, &name, Cidr::read, warn).map(|l| l.map(|l| Check::SourceIps(l, negated))));
-        }
-        for negated in [false, true] {
-            let (ns, name) = pick(negated, &m.namespaces, &m.not_namespaces, "namespaces");
-            add(list(ns, &name, StrMatch::read, warn)
-                .map(|l| l.map(|l| Check::Namespaces(l, negated))));
-        }
-        for negated in [false, true] {
-            let (sas, name) = pick(
-                negated,
-                &m.service_accounts,
-                &m.not_service_accounts,
-                "service_accounts",
-            );
-            add(list(sas, &name, sa, warn).map(|l| l.map(|l| Check::ServiceAccounts(l, negated))));
-        }
-        for negated in [false, true] {
-            let (ps, name) = pick(negated, &m.principals, &m.not_principals, "principals");
-            add(list(ps, &name, StrMatch::read, warn)
-                .map(|l| l.map(|l| Check::Principals(l, negated))));
-        }
-        let checks = checks.into_boxed_slice();
+        // Cheapest tests first.
+        fields.add(
+            "destination_ports",
+            &m.destination_ports,
+            &m.not_destination_ports,
+            port,
+            |l| vec![Test::DestinationPorts(l)],
+        );
+        fields.add(
+            "destination_ips",
+            &m.destination_ips,
+            &m.not_destination_ips,
+            Cidr::read,
+            |l| vec![Test::DestinationIps(l)],
+        );
+        fields.add(
+            "source_ips",
+            &m.source_ips,
+            &m.not_source_ips,
+            Cidr::read,
+            |l| vec![Test::SourceIps(l)],
+        );
+        fields.add(
+            "namespaces",
+            &m.namespaces,
+            &m.not_namespaces,
+            StrMatch::read,
+            |l| Test::strings(l, Test::NamespaceIs, Test::NamespaceLike),
+        );
+        fields.add(
+            "service_accounts",
+            &m.service_accounts,
+            &m.not_service_accounts,
+            service_account,
+            |l| vec![Test::ServiceAccounts(l)],
+        );
+        fields.add(
+            "principals",
+            &m.principals,
+            &m.not_principals,
+            StrMatch::read,
+            |l| Test::strings(l, Test::PrincipalIs, Test::PrincipalLike),
+        );
+        let Fields {
+            fields,
+            unreadable,
+            warn,
+        } = fields;
         let never = match (unreadable, action) {
             (true, PolicyAction::Allow) => {
                 warn("this ALLOW match never holds (fail closed)".to_owned());
@@ -325,176 +294,132 @@ impl CompiledMatch {
                 );
                 false
             }
-            (false, _) => checks.is_empty(),
+            (false, _) => fields.is_empty(),
         };
-        Self { never, checks }
-    }
-
-    fn matches(&self, peer: &Peer<'_>) -> bool {
-        !self.never && self.checks.iter().all(|c| c.holds(peer))
+        Self { never, fields }
     }
 }
 
-/// The positive or the negated list of a field, with its wire name.
-fn pick<'a, T>(
-    negated: bool,
-    positive: &'a [T],
-    negative: &'a [T],
-    name: &'static str,
-) -> (&'a [T], String) {
-    if negated {
-        (negative, format!("not_{name}"))
+/// The fields of one match being read.
+struct Fields<'w> {
+    fields: Vec<Field>,
+    /// A field had an entry that cannot be read (and was left out).
+    unreadable: bool,
+    warn: &'w mut dyn FnMut(String),
+}
+
+impl Fields<'_> {
+    /// Reads the positive and the negated list of one field (`name` and `not_name`) with
+    /// `read` for each entry; an empty list sets no field.
+    fn add<T, U>(
+        &mut self,
+        name: &str,
+        positive: &[T],
+        negative: &[T],
+        read: impl Fn(&T) -> Option<U>,
+        tests: impl Fn(Box<[U]>) -> Vec<Test>,
+    ) {
+        for (negated, list) in [(false, positive), (true, negative)] {
+            if list.is_empty() {
+                continue;
+            }
+            let entries: Option<Box<[U]>> = list.iter().map(&read).collect();
+            match entries {
+                Some(entries) => self.fields.push(Field {
+                    tests: tests(entries),
+                    negated,
+                }),
+                None => {
+                    // Name the first entry that cannot be read.
+                    let i = list.iter().position(|e| read(e).is_none()).unwrap_or(0);
+                    let not = if negated { "not_" } else { "" };
+                    (self.warn)(format!("{not}{name}[{i}] cannot be read"));
+                    self.unreadable = true;
+                }
+            }
+        }
+    }
+}
+
+// === lowering ===
+
+/// Flattens rules into a [`Program`]. Built from the last rule to the first, so that every
+/// continuation a test names already exists: a rule that holds ends in "rule `r` matched",
+/// one that does not continues with the next rule.
+fn lower(rules: Vec<Rule>) -> Result<Program, TooLarge> {
+    let mut b = Builder::default();
+    let mut next = Next::NO_MATCH;
+    for (r, clauses) in rules.into_iter().enumerate().rev() {
+        next = lower_rule(&mut b, clauses, Next::matched(r)?, next)?;
+    }
+    Ok(b.finish(next))
+}
+
+/// Every clause must hold: each one that does continues with the next.
+fn lower_rule(
+    b: &mut Builder,
+    rule: Rule,
+    on_true: Next,
+    on_false: Next,
+) -> Result<Next, TooLarge> {
+    rule.into_iter().rev().try_fold(on_true, |next, clause| {
+        lower_clause(b, clause, next, on_false)
+    })
+}
+
+/// Any match will do (a clause without matches always holds): each one that does not hold
+/// falls through to the next.
+fn lower_clause(
+    b: &mut Builder,
+    matches: Vec<CompiledMatch>,
+    on_true: Next,
+    on_false: Next,
+) -> Result<Next, TooLarge> {
+    if matches.is_empty() {
+        return Ok(on_true);
+    }
+    matches
+        .into_iter()
+        .rev()
+        .try_fold(on_false, |next, m| lower_match(b, m, on_true, next))
+}
+
+/// Every field must hold (a match left without fields by an unreadable DENY field always
+/// does).
+fn lower_match(
+    b: &mut Builder,
+    m: CompiledMatch,
+    on_true: Next,
+    on_false: Next,
+) -> Result<Next, TooLarge> {
+    if m.never {
+        return Ok(on_false);
+    }
+    m.fields
+        .into_iter()
+        .rev()
+        .try_fold(on_true, |next, field| lower_field(b, field, next, on_false))
+}
+
+/// The first test that holds decides: the field holds (or, negated, fails). When none holds,
+/// the field fails (or, negated, holds).
+fn lower_field(
+    b: &mut Builder,
+    field: Field,
+    on_true: Next,
+    on_false: Next,
+) -> Result<Next, TooLarge> {
+    let (hit, miss) = if field.negated {
+        (on_false, on_true)
     } else {
-        (positive, name.to_owned())
-    }
-}
-
-impl Check {
-    fn holds(&self, peer: &Peer<'_>) -> bool {
-        let (any, negated) = match self {
-            Check::DestinationPorts(ports, n) => (ports.contains(&peer.dst_port), *n),
-            Check::DestinationIps(cidrs, n) => (cidrs.iter().any(|c| c.contains(peer.dst_ip)), *n),
-            Check::SourceIps(cidrs, n) => (cidrs.iter().any(|c| c.contains(peer.src_ip)), *n),
-            // ztunnel compares against the empty string when there is no identity.
-            Check::Namespaces(m, n) => (
-                m.iter()
-                    .any(|s| s.matches(peer.namespace, peer.namespace_hash)),
-                *n,
-            ),
-            Check::ServiceAccounts(sas, n) => (
-                peer.identified
-                    && sas
-                        .iter()
-                        .any(|(ns, sa)| **ns == *peer.namespace && **sa == *peer.service_account),
-                *n,
-            ),
-            Check::Principals(m, n) => (
-                peer.identified
-                    && m.iter()
-                        .any(|s| s.matches(peer.principal, peer.principal_hash)),
-                *n,
-            ),
-        };
-        any != negated
-    }
-}
-
-// === impl StrMatch ===
-
-impl StrMatch {
-    fn read(m: &wire::StringMatch) -> Option<Self> {
-        Some(match m.match_type.as_ref()? {
-            MatchType::Exact(s) => StrMatch::Exact(s.as_str().into(), fx_hash(s)),
-            MatchType::Prefix(s) => StrMatch::Prefix(s.as_str().into()),
-            MatchType::Suffix(s) => StrMatch::Suffix(s.as_str().into()),
-            MatchType::Presence(()) => StrMatch::Presence,
-        })
-    }
-
-    /// `hash` is [`fx_hash`] of `value`.
-    fn matches(&self, value: &str, hash: u64) -> bool {
-        match self {
-            StrMatch::Exact(s, h) => *h == hash && **s == *value,
-            StrMatch::Prefix(s) => value.starts_with(&**s),
-            StrMatch::Suffix(s) => value.ends_with(&**s),
-            StrMatch::Presence => !value.is_empty(),
-        }
-    }
-}
-
-// === impl Cidr ===
-
-impl Cidr {
-    fn read(a: &wire::Address) -> Option<Self> {
-        match a.address.len() {
-            4 if a.length <= 32 => {
-                let addr = u32::from_be_bytes(<[u8; 4]>::try_from(a.address.as_slice()).ok()?);
-                let mask = u32::MAX.checked_shl(32 - a.length).unwrap_or(0);
-                Some(Cidr::V4 {
-                    net: addr & mask,
-                    mask,
-                })
-            }
-            16 if a.length <= 128 => {
-                let addr = u128::from_be_bytes(<[u8; 16]>::try_from(a.address.as_slice()).ok()?);
-                let mask = u128::MAX.checked_shl(128 - a.length).unwrap_or(0);
-                Some(Cidr::V6 {
-                    net: addr & mask,
-                    mask,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self, ip) {
-            (Cidr::V4 { net, mask }, IpAddr::V4(ip)) => u32::from(ip) & mask == *net,
-            (Cidr::V6 { net, mask }, IpAddr::V6(ip)) => u128::from(ip) & mask == *net,
-            _ => false,
-        }
-    }
+        (on_true, on_false)
+    };
+    field
+        .tests
+        .into_iter()
+        .rev()
+        .try_fold(miss, |next, test| b.test(test, hit, next))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cidr(addr: &[u8], length: u32) -> Cidr {
-        Cidr::read(&wire::Address {
-            address: addr.to_vec(),
-            length,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn cidrs_mask_host_bits_and_keep_families_apart() {
-        let c = cidr(&[10, 1, 2, 3], 8);
-        assert!(c.contains("10.200.0.1".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(!c.contains("::ffff:10.0.0.1".parse().unwrap()));
-        let all = cidr(&[0, 0, 0, 0], 0);
-        assert!(all.contains("192.168.0.1".parse().unwrap()));
-        let host = cidr(&[192, 168, 0, 1], 32);
-        assert!(host.contains("192.168.0.1".parse().unwrap()));
-        assert!(!host.contains("192.168.0.2".parse().unwrap()));
-        let v6 = cidr(
-            &"fd00::".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-            16,
-        );
-        assert!(v6.contains("fd00:1::5".parse().unwrap()));
-        assert!(!v6.contains("fd01::5".parse().unwrap()));
-        for (bytes, len) in [(vec![1, 2, 3], 8), (vec![1, 2, 3, 4], 33)] {
-            assert!(
-                Cidr::read(&wire::Address {
-                    address: bytes,
-                    length: len
-                })
-                .is_none()
-            );
-        }
-    }
-
-    #[test]
-    fn string_matches_follow_ztunnel() {
-        let exact = |s: &str| StrMatch::Exact(s.into(), fx_hash(s));
-        let cases = [
-            (exact("foo"), "foo", true),
-            (exact("foo"), "", false),
-            (StrMatch::Prefix("foo".into()), "foobar", true),
-            (StrMatch::Prefix("foo".into()), "barfoo", false),
-            (StrMatch::Suffix("foo".into()), "barfoo", true),
-            (StrMatch::Suffix("foo".into()), "foobar", false),
-            (StrMatch::Presence, "x", true),
-            (StrMatch::Presence, "", false),
-        ];
-        for (m, value, expected) in cases {
-            assert_eq!(
-                m.matches(value, fx_hash(value)),
-                expected,
-                "{m:?} on {value:?}"
-            );
-        }
-    }
-}
+mod tests;

@@ -24,6 +24,7 @@
 //! - [`PolicyIndex::decide`] allocates nothing unless a dry-run policy reports a denial.
 
 mod compiled;
+mod program;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -159,11 +160,18 @@ impl Hasher for FxHasher {
             word.copy_from_slice(chunk);
             self.add(u64::from_le_bytes(word));
         }
+        // The last 0..7 bytes as at most three fixed-size reads, not a variable-length copy.
         let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
+        let (four, rest) = rest.split_at(rest.len() & 4);
+        if let Ok(four) = <[u8; 4]>::try_from(four) {
+            self.add(u64::from(u32::from_le_bytes(four)));
+        }
+        let (two, rest) = rest.split_at(rest.len() & 2);
+        if let Ok(two) = <[u8; 2]>::try_from(two) {
+            self.add(u64::from(u16::from_le_bytes(two)));
+        }
+        if let Some(byte) = rest.first() {
+            self.add(u64::from(*byte));
         }
     }
 
@@ -320,22 +328,25 @@ impl PolicyIndex {
         let workload = target.into();
         let peer = Peer::new(conn);
         let mut eval = Evaluation::default();
+        let mut missing = None;
         let namespace = self
             .by_namespace
             .get(workload.namespace)
             .map_or(&[][..], Vec::as_slice);
-        for p in self.global.iter().chain(namespace) {
+        let listed =
+            workload
+                .policies
+                .iter()
+                .filter_map(|key| match self.by_key.get(key.as_str()) {
+                    Some(p) => listed_separately(p, workload).then_some(p),
+                    None => {
+                        missing.get_or_insert(key.as_str());
+                        None
+                    }
+                });
+        // One loop, so the policy walk is inlined (and the peer kept at hand) in one place.
+        for p in self.global.iter().chain(namespace).chain(listed) {
             eval.visit(p, &peer);
-        }
-        let mut missing = None;
-        for key in workload.policies {
-            match self.by_key.get(key.as_str()) {
-                Some(p) if listed_separately(p, workload) => eval.visit(p, &peer),
-                Some(_) => {}
-                None => {
-                    missing.get_or_insert(key.as_str());
-                }
-            }
         }
         let mut decision = if let Some(key) = eval.denied_by {
             Decision::deny(Reason::ExplicitlyDenied, Some(key))
@@ -413,31 +424,33 @@ struct Evaluation<'a> {
 }
 
 impl<'a> Evaluation<'a> {
+    /// Takes one applicable policy into account, evaluating it only if its outcome could still
+    /// change the decision or the dry-run report.
+    #[inline]
     fn visit(&mut self, p: &'a CompiledPolicy, peer: &Peer<'_>) {
         self.any_policy = true;
-        match (p.action(), p.dry_run()) {
-            (PolicyAction::Deny, false) => {
-                if self.denied_by.is_none() && p.matches(peer) {
-                    self.denied_by = Some(p.key());
-                }
-            }
-            (PolicyAction::Deny, true) => {
-                if p.matches(peer) {
-                    self.dry_run_denials.push(p.key());
-                }
-            }
+        let undecided = self.denied_by.is_none();
+        let wanted = match (p.action(), p.dry_run()) {
+            (PolicyAction::Deny, false) => undecided,
+            (PolicyAction::Deny, true) => true,
             (PolicyAction::Allow, false) => {
                 self.any_allow = true;
-                if self.denied_by.is_none() && self.allowed_by.is_none() && p.matches(peer) {
-                    self.allowed_by = Some(p.key());
-                }
+                undecided && self.allowed_by.is_none()
             }
             (PolicyAction::Allow, true) => {
                 self.any_dry_allow = true;
-                if self.denied_by.is_none() && !self.dry_allow_matched && p.matches(peer) {
-                    self.dry_allow_matched = true;
-                }
+                undecided && !self.dry_allow_matched
             }
+        };
+        // A single call to `matches`, so the policy walk is inlined once.
+        if !wanted || !p.matches(peer) {
+            return;
+        }
+        match (p.action(), p.dry_run()) {
+            (PolicyAction::Deny, false) => self.denied_by = Some(p.key()),
+            (PolicyAction::Deny, true) => self.dry_run_denials.push(p.key()),
+            (PolicyAction::Allow, false) => self.allowed_by = Some(p.key()),
+            (PolicyAction::Allow, true) => self.dry_allow_matched = true,
         }
     }
 }
