@@ -7,6 +7,11 @@
 //! - time for one pod change (a manifest file edited on disk) to reach all 100 clients, p50/p99
 //!   over repeated changes (target p99 < 100 ms) — it includes the directory poll interval;
 //! - bytes pushed per change per client (only the changed resource should travel).
+//!
+//! Profiling knobs (environment): `AMBIT_BENCH_NAMESPACES` and `AMBIT_BENCH_CLIENTS` scale the
+//! run down; `AMBIT_BENCH_VERBOSE` prints RSS at each stage; `AMBIT_BENCH_WRAPPER` prefixes the
+//! control plane's command (e.g. `valgrind --tool=massif`) and `AMBIT_BENCH_STAGE_HOOK` runs a
+//! shell command at each stage (see `stage`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark program, not library code
 
@@ -29,9 +34,16 @@ fn namespaces() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50)
 }
+/// Overridable with `AMBIT_BENCH_CLIENTS` (fewer clients for profiling: the slope per client is
+/// what matters).
+fn clients() -> usize {
+    std::env::var("AMBIT_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
 const PODS_PER_NAMESPACE: usize = 200;
 const SERVICES_PER_NAMESPACE: usize = 40;
-const CLIENTS: usize = 100;
 const CHANGES: usize = 40;
 const POLL_MS: u64 = 10;
 const DEBOUNCE_MS: u64 = 10;
@@ -111,14 +123,43 @@ fn write_namespace(dir: &Path, ns: usize, revision: &str) {
 }
 
 fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` field given in kB, in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+/// Measurement hooks, for profiling only: prints RSS at each stage when
+/// `AMBIT_BENCH_VERBOSE` is set, and runs `AMBIT_BENCH_STAGE_HOOK` through `sh -c` with `PID`
+/// and `STAGE` in its environment (e.g. `vgdb --pid=$PID detailed_snapshot /tmp/$STAGE.ms`
+/// when `AMBIT_BENCH_WRAPPER` runs the control plane under massif).
+fn stage(pid: u32, name: &str) {
+    if std::env::var_os("AMBIT_BENCH_VERBOSE").is_some() {
+        println!(
+            "  [{name}] RSS {:.1} MB (anon {:.1} MB)",
+            rss_mb(pid),
+            status_mb(pid, "RssAnon:")
+        );
+    }
+    if let Ok(hook) = std::env::var("AMBIT_BENCH_STAGE_HOOK") {
+        let status = Command::new("sh")
+            .args(["-c", &hook])
+            .env("PID", pid.to_string())
+            .env("STAGE", name)
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            println!("  [{name}] stage hook failed: {status:?}");
+        }
+    }
 }
 
 fn metric(addr: &str, name: &str) -> u64 {
@@ -178,8 +219,20 @@ async fn main() {
     let ip = "127.77.0.1";
     let (xds_addr, mon_addr) = (format!("{ip}:15010"), format!("{ip}:15014"));
     let started = Instant::now();
+    // `AMBIT_BENCH_WRAPPER`: a command prefix for the control plane, e.g. `valgrind
+    // --tool=massif` (profiling only).
+    let wrapper = std::env::var("AMBIT_BENCH_WRAPPER").unwrap_or_default();
+    let mut command = wrapper.split_whitespace();
+    let mut control = match command.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(command).arg(env!("CARGO_BIN_EXE_ambit"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ambit")),
+    };
     let control = Running(
-        Command::new(env!("CARGO_BIN_EXE_ambit"))
+        control
             .args([
                 "--log-level",
                 &std::env::var("AMBIT_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -208,27 +261,37 @@ async fn main() {
     let pid = control.0.id();
     while std::net::TcpStream::connect(&mon_addr).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(600),
             "control plane did not start"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let startup = started.elapsed();
     let idle_rss = rss_mb(pid);
+    stage(pid, "idle");
 
     // One new client on a loaded control plane: time to the full state.
     let first = Arc::new(Counter::default());
     let _first_handle = client(&xds_addr, first.clone());
-    let full_state = wait_for(std::slice::from_ref(&first), total, Duration::from_secs(60)).await;
+    let full_state = wait_for(
+        std::slice::from_ref(&first),
+        total,
+        Duration::from_secs(300),
+    )
+    .await;
+    stage(pid, "first-client");
 
     // 100 clients.
-    let counters: Vec<Arc<Counter>> = (0..CLIENTS).map(|_| Arc::new(Counter::default())).collect();
+    let counters: Vec<Arc<Counter>> = (0..clients())
+        .map(|_| Arc::new(Counter::default()))
+        .collect();
     let handles: Vec<ClientHandle> = counters
         .iter()
         .map(|c| client(&xds_addr, c.clone()))
         .collect();
-    let all_synced = wait_for(&counters, total, Duration::from_secs(120)).await;
+    let all_synced = wait_for(&counters, total, Duration::from_secs(600)).await;
     let rss_clients = rss_mb(pid);
+    stage(pid, "synced");
 
     // Pod changes: rewrite one namespace file with a new version label on pod-0-0.
     let bytes_before = metric(&mon_addr, "ambit_xds_pushed_bytes_total");
@@ -273,12 +336,14 @@ async fn main() {
     let bytes_after = metric(&mon_addr, "ambit_xds_pushed_bytes_total");
     latencies.sort();
     let per_change_per_client =
-        (bytes_after - bytes_before) as f64 / (CHANGES * (CLIENTS + 1)) as f64;
+        (bytes_after - bytes_before) as f64 / (CHANGES * (clients() + 1)) as f64;
     let rss_end = rss_mb(pid);
+    stage(pid, "after-changes");
     drop(handles);
 
+    let n_clients = clients();
     println!(
-        "WDS benchmark: {} pods, {} services, {CLIENTS} clients (+1), {CHANGES} changes",
+        "WDS benchmark: {} pods, {} services, {n_clients} clients (+1), {CHANGES} changes",
         namespaces() * PODS_PER_NAMESPACE,
         namespaces() * SERVICES_PER_NAMESPACE
     );
@@ -288,7 +353,7 @@ async fn main() {
     );
     println!("  control plane RSS, no clients                        {idle_rss:>8.1} MB");
     println!(
-        "  control plane RSS, {CLIENTS} clients synced             {rss_clients:>8.1} MB   (target < 150 MB)"
+        "  control plane RSS, {n_clients} clients synced             {rss_clients:>8.1} MB   (target < 150 MB)"
     );
     println!("  control plane RSS, after changes                     {rss_end:>8.1} MB");
     println!(
@@ -296,7 +361,7 @@ async fn main() {
         full_state.as_secs_f64() * 1e3
     );
     println!(
-        "  {CLIENTS} clients connect and sync                       {:>8.0} ms",
+        "  {n_clients} clients connect and sync                       {:>8.0} ms",
         all_synced.as_secs_f64() * 1e3
     );
     println!(

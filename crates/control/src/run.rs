@@ -349,14 +349,15 @@ fn monitoring_handler(
         if matches!(path, "/ready" | "/healthz/ready") {
             return Reply::text(StatusCode::OK, "ready\n");
         }
+        if matches!(path, "/metrics" | "/stats/prometheus") {
+            // Counts only: computed in place rather than on a copy of the mesh.
+            let text = snapshot.read(|snap| debug::metrics(&xds, &ca, snap));
+            let mut reply = Reply::text(StatusCode::OK, text);
+            reply.content_type = "text/plain; version=0.0.4";
+            return reply;
+        }
         let snap = snapshot.get();
         match path {
-            "/ready" | "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
-            "/metrics" | "/stats/prometheus" => {
-                let mut reply = Reply::text(StatusCode::OK, debug::metrics(&xds, &ca, &snap));
-                reply.content_type = "text/plain; version=0.0.4";
-                reply
-            }
             "/debug/workloads" => Reply::json(&debug::workloads(&snap)),
             "/debug/pods" => Reply::json(&debug::pods(&snap)),
             "/debug/services" => Reply::json(&debug::services(&snap)),

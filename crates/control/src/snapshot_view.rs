@@ -1,11 +1,13 @@
 //! The latest translation, as the translation loop keeps it and as readers see it.
 //!
-//! The loop updates its snapshot in place on every change; readers (`/debug`, `/metrics`) get
-//! an immutable copy made on demand and cached until the next change. So a change never pays
-//! for copying the whole mesh on its way to the node proxies: only a reader who asks does,
-//! at most once per change.
+//! The loop updates its snapshot in place on every change. Readers that only need a figure
+//! (`/metrics`) compute it in place ([`SnapshotView::read`]); readers that need the snapshot
+//! for longer (`/debug`) get an immutable copy made on demand ([`SnapshotView::get`]), shared by
+//! readers of the same generation while any of them holds it and freed after. So a change never
+//! pays for copying the whole mesh on its way to the node proxies, and an idle control plane
+//! keeps no second copy of it.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use ambit_model::MeshSnapshot;
 
@@ -19,7 +21,7 @@ pub(crate) struct SnapshotView {
 struct Inner {
     current: MeshSnapshot,
     generation: u64,
-    copy: Option<(u64, Arc<MeshSnapshot>)>,
+    copy: Option<(u64, Weak<MeshSnapshot>)>,
 }
 
 impl SnapshotView {
@@ -40,14 +42,26 @@ impl SnapshotView {
         f(&mut inner.current)
     }
 
-    /// The snapshot as of the last update.
+    /// Runs `f` on the snapshot as of the last update, holding off updates meanwhile: keep it
+    /// short.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&MeshSnapshot) -> T) -> T {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&inner.current)
+    }
+
+    /// A copy of the snapshot as of the last update.
     pub(crate) fn get(&self) -> Arc<MeshSnapshot> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        match &inner.copy {
-            Some((generation, copy)) if *generation == inner.generation => copy.clone(),
-            _ => {
+        let shared = inner
+            .copy
+            .as_ref()
+            .filter(|(generation, _)| *generation == inner.generation)
+            .and_then(|(_, copy)| copy.upgrade());
+        match shared {
+            Some(copy) => copy,
+            None => {
                 let copy = Arc::new(inner.current.clone());
-                inner.copy = Some((inner.generation, copy.clone()));
+                inner.copy = Some((inner.generation, Arc::downgrade(&copy)));
                 copy
             }
         }
@@ -59,7 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copies_once_per_change() {
+    fn copies_once_per_change_and_keeps_none_nobody_holds() {
         let view = SnapshotView::new(MeshSnapshot::default());
         let first = view.get();
         assert!(Arc::ptr_eq(&first, &view.get()), "no change, same copy");
@@ -68,5 +82,8 @@ mod tests {
             !Arc::ptr_eq(&first, &view.get()),
             "a change makes a new copy"
         );
+        let weak = Arc::downgrade(&view.get());
+        assert!(weak.upgrade().is_none(), "the view keeps no copy itself");
+        assert_eq!(view.read(|s| s.workloads.len()), 0);
     }
 }

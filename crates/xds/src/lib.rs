@@ -20,6 +20,8 @@
 //!   reconnecting with `initial_resource_versions` is never sent what it already has.
 //! - One slow, misbehaving or malicious stream never blocks or ends another: no lock is held
 //!   across an `.await`, outbound queues are bounded and pushes are coalesced.
+//! - The server holds each resource once, encoded; a synced client costs it a few kilobytes
+//!   (its connection and a position in the change log), not a copy of what it was sent.
 //! - Nothing that arrives from the network is unwrapped; a bad request ends only its own stream
 //!   with a gRPC status.
 

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -246,4 +247,65 @@ async fn a_client_that_does_not_read_gets_coalesced_pushes() {
         "pushes were not coalesced ({received} responses)"
     );
     client.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_through_heavy_churn_still_converges() {
+    let store = Store::new();
+    store.replace_all(ADDRESS, workloads(10, "v1"));
+    let server = TestServer::with_store(store.clone()).await;
+    let mut client = RawClient::subscribe(server.addr, &[]).await;
+    let mut held: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    apply(&mut held, &client.recv_ack().await);
+
+    // Large bodies fill the HTTP/2 windows and the stream's queue; then more changes than the
+    // change log keeps for a stream that cannot send: the stream lets go of the log, and must
+    // still bring the client exactly up to date, removals included.
+    for revision in 0..40 {
+        let big = workload(
+            "big",
+            Ipv4Addr::new(10, 1, 1, 1),
+            &format!("{revision}{}", "x".repeat(256 * 1024)),
+        );
+        store.apply(ADDRESS, vec![big], vec![]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..1500 {
+        let churn = workload("churn", Ipv4Addr::new(10, 2, 2, 2), &i.to_string());
+        store.apply(ADDRESS, vec![churn], vec![]);
+    }
+    let late = workload("late", Ipv4Addr::new(10, 3, 3, 3), "v1");
+    store.apply(
+        ADDRESS,
+        vec![late],
+        vec!["Kubernetes//Pod/default/pod-3".into()],
+    );
+
+    let want: BTreeMap<String, Vec<u8>> = store
+        .resources(ADDRESS)
+        .into_iter()
+        .map(|r| (r.name, r.body.value))
+        .collect();
+    let mut responses = 0;
+    while held != want {
+        apply(&mut held, &client.recv_ack().await);
+        responses += 1;
+    }
+    eprintln!("the client converged after {responses} responses");
+    client.expect_silence(QUIET).await;
+}
+
+/// Applies a response to a client's copy of the resources.
+fn apply(held: &mut BTreeMap<String, Vec<u8>>, response: &xds::DeltaDiscoveryResponse) {
+    for resource in &response.resources {
+        let body = resource
+            .resource
+            .as_ref()
+            .map(|any| any.value.clone())
+            .unwrap_or_default();
+        held.insert(resource.name.clone(), body);
+    }
+    for name in &response.removed_resources {
+        assert!(held.remove(name).is_some(), "{name} removed but not held");
+    }
 }

@@ -1,40 +1,46 @@
 //! The delta ADS server: serves a [`Store`] to any number of xDS clients.
 //!
-//! The control plane fills a [`Store`] and hands an [`AdsServer`] (as a tonic service, from
-//! [`AdsServer::into_service`]) to its gRPC server on 15012 (TLS + bearer token) and 15010
-//! (plaintext, local use). Each `DeltaAggregatedResources` stream gets its own task that waits
-//! for the store to change and sends its client one `DeltaDiscoveryResponse` per type with only
-//! what changed for that client.
+//! The control plane fills a [`Store`] and hands an [`AdsServer`] (as a service for a tonic
+//! server, from [`AdsServer::into_service`]) to its gRPC server on 15012 (TLS + bearer token)
+//! and 15010 (plaintext, local use). Each `DeltaAggregatedResources` stream gets its own task
+//! that waits for the store to change and sends its client one `DeltaDiscoveryResponse` per
+//! type with only what changed for that client.
+//!
+//! # Memory
+//!
+//! The store holds each resource once, already encoded; responses share those buffers and
+//! reach HTTP/2 in small chunks ([`AdsService`]). An up-to-date wildcard client costs its
+//! stream a position in the store's change log rather than a record per resource. So a client
+//! costs the server a few kilobytes once synced, whatever the size of the mesh.
 //!
 //! # Invariants
 //!
 //! - A stream is authenticated ([`Authenticator`]) before anything is read from or sent to it.
 //! - A stream's outbound queue is bounded ([`OUTBOUND_QUEUE`]); a stream that cannot send does
 //!   not compute diffs, and when it can, it diffs against the latest store state. A slow client
-//!   therefore costs one diff's worth of memory, however many generations it missed.
+//!   therefore costs one diff's worth of memory, however many generations it missed, plus the
+//!   change log behind it up to a bound, past which it lets go of the log, plus at most a few
+//!   HTTP/2 frames of body waiting for it.
 //! - A NACK is logged and counted, never fatal; a malformed or oversized request ends only its
 //!   own stream, with a gRPC status.
 //! - State-of-the-world ADS (`StreamAggregatedResources`) is refused as unimplemented: Istio's
 //!   ambient mode uses the delta protocol only.
 
+mod grpc;
+mod log;
 mod store;
 mod stream;
 mod subscription;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ambit_proto::envoy::service::discovery::v3 as xds;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument as _;
-use xds::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 
+pub use self::grpc::AdsService;
 pub use self::store::Store;
 pub use crate::Resource;
 
@@ -116,40 +122,10 @@ impl AdsServer {
         &self.store
     }
 
-    /// The tonic service, refusing requests larger than [`MAX_REQUEST_BYTES`].
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream =
-        tokio_stream::Empty<Result<xds::DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream =
-        ReceiverStream<Result<xds::DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        _request: Request<Streaming<xds::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "state-of-the-world ADS is not served; use DeltaAggregatedResources (incremental xDS)",
-        ))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<xds::DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let client = self.authenticator.authenticate(request.metadata()).await.inspect_err(|status| {
-            tracing::info!(code = ?status.code(), reason = status.message(), "xDS stream refused");
-        })?;
-        let span = tracing::info_span!("xds", client = %client, node = tracing::field::Empty);
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let stream = stream::AdsStream::new(client, self.store.clone(), self.stats.clone());
-        tokio::spawn(stream.run(request.into_inner(), tx).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    /// The service to add to a tonic server, refusing requests larger than
+    /// [`MAX_REQUEST_BYTES`].
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }
 
@@ -209,10 +185,9 @@ impl ServerStats {
         self.resources_pushed_total.load(Ordering::Relaxed)
     }
 
-    fn pushed(&self, response: &xds::DeltaDiscoveryResponse) {
-        use prost::Message as _;
-        let bytes = u64::try_from(response.encoded_len()).unwrap_or(u64::MAX);
-        let resources = u64::try_from(response.resources.len()).unwrap_or(u64::MAX);
+    fn pushed(&self, response: &wire::Summary) {
+        let bytes = u64::try_from(response.bytes).unwrap_or(u64::MAX);
+        let resources = u64::try_from(response.resources).unwrap_or(u64::MAX);
         self.pushes_total.fetch_add(1, Ordering::Relaxed);
         self.bytes_pushed_total.fetch_add(bytes, Ordering::Relaxed);
         self.resources_pushed_total

@@ -8,22 +8,36 @@
 //! - Every effective change bumps the store generation exactly once and wakes all streams; a
 //!   write that changes nothing (same bytes, same aliases) bumps nothing and wakes no one.
 //! - The lock is a plain `std` lock held only for in-memory work, never across an `.await`.
-//! - Per type, a bounded change log records which names and aliases each generation touched,
-//!   so a stream finds what changed since it last looked in time proportional to the change.
-//!   When a stream has fallen further behind than the log reaches, it compares the whole type
-//!   instead (slower, equally correct).
+//! - Each resource is held once, in its wire form ([`Entry::wire`]), which every stream's
+//!   responses share.
+//! - Per type, a change log ([`Log`]) records which names and aliases each generation touched
+//!   and what version each name had before, so a stream finds what changed since it last
+//!   looked in time proportional to the change, and can tell what its client held then.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, hash_map};
 use std::fmt;
-use std::sync::{Arc, LazyLock, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 
+use ambit_proto::envoy::service::discovery::v3 as xds;
+use bytes::Bytes;
+use prost::Message as _;
 use tokio::sync::watch;
 
+use super::log::{Cursor, Log};
+use super::wire;
 use crate::Resource;
 
-/// The change log of a type keeps at least this many keys, and at most as many as the type has
-/// resources: beyond that, comparing the whole type is no slower than replaying the log.
-const LOG_MIN_KEYS: usize = 1024;
+/// A stream that cannot send may lag this many changed keys behind a type's newest change, or
+/// [`LOG_PER_RESOURCE`] times as many as the type has resources if more, before it lets go of
+/// the log (see [`TypeState::lag_limit`]). Tests use a small value, so short sequences of
+/// changes reach it.
+const LOG_MIN_KEYS: usize = if cfg!(test) { 4 } else { 1024 };
+
+/// See [`LOG_MIN_KEYS`]. A logged key costs about 40 bytes, shared by every stream behind it;
+/// letting go costs a stream about 100 bytes per resource of its own. So streams stuck together
+/// (say, behind one big change) share the log for a while rather than each writing down the
+/// whole type.
+const LOG_PER_RESOURCE: usize = 4;
 
 /// Resources served by an [`AdsServer`](super::AdsServer), grouped by type URL.
 ///
@@ -52,26 +66,28 @@ pub(crate) struct TypeState {
     /// Store generation of the last change to this type (0: never changed).
     pub(crate) generation: u64,
     pub(crate) resources: BTreeMap<Arc<str>, Entry>,
-    /// Alias → canonical names claiming it. The first (smallest) name wins a shared alias.
-    aliases: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
-    log: VecDeque<Change>,
-    log_keys: usize,
-    /// Every change after this generation is still in `log`.
-    floor: u64,
+    /// Alias → canonical names claiming it, sorted (nearly always just one). The first
+    /// (smallest) name wins a shared alias.
+    aliases: HashMap<Arc<str>, Vec<Arc<str>>>,
+    log: Log,
+    /// The list of every resource's wire form at some generation, while responses hold it.
+    whole: Mutex<Option<(u64, Weak<[Bytes]>)>>,
 }
 
-/// A stored resource and its version.
+/// A stored resource.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) version: u64,
-    pub(crate) resource: Resource,
+    pub(crate) aliases: Vec<String>,
+    /// The encoded `envoy.service.discovery.v3.Resource` (name, version, body; no aliases).
+    pub(crate) wire: Bytes,
 }
 
-/// The names and aliases one generation touched (before and after the change).
-#[derive(Debug)]
-struct Change {
-    generation: u64,
-    keys: Vec<Arc<str>>,
+/// What one write changed, for the log.
+#[derive(Debug, Default)]
+struct Changed {
+    names: Vec<(Arc<str>, Option<u64>)>,
+    aliases: Vec<Arc<str>>,
 }
 
 /// What a stream of an unknown (or not yet written) type URL sees: nothing.
@@ -96,12 +112,12 @@ impl Store {
     /// An upsert whose body bytes and aliases are unchanged is a no-op. Removals are applied
     /// after upserts, so a name in both ends up removed; removing an absent name is a no-op.
     pub fn apply(&self, type_url: &str, upserts: Vec<Resource>, removals: Vec<String>) {
-        self.mutate(type_url, |resources, keys| {
+        self.mutate(type_url, |resources, changed| {
             for resource in upserts {
-                resources.upsert(resource, keys);
+                resources.upsert(resource, changed);
             }
             for name in &removals {
-                resources.remove(name, keys);
+                resources.remove(name, changed);
             }
         });
     }
@@ -109,7 +125,7 @@ impl Store {
     /// Makes `resources` the whole content of a type, as one generation: changed resources are
     /// upserted, resources missing from `resources` are removed, identical ones are untouched.
     pub fn replace_all(&self, type_url: &str, resources: Vec<Resource>) {
-        self.mutate(type_url, |current, keys| {
+        self.mutate(type_url, |current, changed| {
             let stale: Vec<Arc<str>> = {
                 let wanted: HashSet<&str> = resources.iter().map(|r| r.name.as_str()).collect();
                 current
@@ -120,10 +136,10 @@ impl Store {
                     .collect()
             };
             for name in &stale {
-                current.remove(name, keys);
+                current.remove(name, changed);
             }
             for resource in resources {
-                current.upsert(resource, keys);
+                current.upsert(resource, changed);
             }
         });
     }
@@ -133,8 +149,8 @@ impl Store {
         self.read()
             .get(type_url)
             .resources
-            .get(name)
-            .map(|e| e.resource.clone())
+            .get_key_value(name)
+            .map(|(name, entry)| entry.to_resource(name))
     }
 
     /// A copy of every resource of a type, ordered by name (for config dumps and debugging).
@@ -142,8 +158,8 @@ impl Store {
         self.read()
             .get(type_url)
             .resources
-            .values()
-            .map(|e| e.resource.clone())
+            .iter()
+            .map(|(name, entry)| entry.to_resource(name))
             .collect()
     }
 
@@ -173,7 +189,7 @@ impl Store {
         self.inner.generation.subscribe()
     }
 
-    fn mutate(&self, type_url: &str, change: impl FnOnce(&mut TypeState, &mut Vec<Arc<str>>)) {
+    fn mutate(&self, type_url: &str, change: impl FnOnce(&mut TypeState, &mut Changed)) {
         let generation = {
             let mut state = self
                 .inner
@@ -182,12 +198,13 @@ impl Store {
                 .unwrap_or_else(PoisonError::into_inner);
             let next = state.generation + 1;
             let resources = state.types.entry(type_url.to_owned()).or_default();
-            let mut keys = Vec::new();
-            change(resources, &mut keys);
-            if keys.is_empty() {
+            let mut changed = Changed::default();
+            change(resources, &mut changed);
+            if changed.names.is_empty() {
                 return;
             }
-            resources.record(next, keys);
+            resources.generation = next;
+            resources.log.push(next, changed.names, changed.aliases);
             state.generation = next;
             next
         };
@@ -234,86 +251,130 @@ impl TypeState {
     pub(crate) fn resolve(&self, key: &str) -> Option<&Arc<str>> {
         match self.resources.get_key_value(key) {
             Some((name, _)) => Some(name),
-            None => self.aliases.get(key).and_then(BTreeSet::first),
+            None => self.aliases.get(key).and_then(|owners| owners.first()),
         }
     }
 
-    /// The names and aliases changed after generation `seen`, or `None` when the log no longer
-    /// reaches back that far.
-    pub(crate) fn changes_since(&self, seen: u64) -> Option<impl Iterator<Item = &Arc<str>>> {
-        if seen < self.floor {
-            return None;
-        }
-        let recent = self
-            .log
-            .iter()
-            .rev()
-            .take_while(move |change| change.generation > seen);
-        Some(recent.flat_map(|change| change.keys.iter()))
+    /// The newest change to this type, where a stream that is up to date stands.
+    pub(crate) fn latest(&self) -> &Cursor {
+        self.log.latest()
     }
 
-    fn upsert(&mut self, resource: Resource, keys: &mut Vec<Arc<str>>) {
+    /// Every resource's wire form in name order: what a client that holds nothing is sent.
+    /// Built once per generation and shared while any response being sent holds it.
+    pub(crate) fn whole(&self) -> Arc<[Bytes]> {
+        let mut cached = self.whole.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = cached
+            .as_ref()
+            .filter(|(generation, _)| *generation == self.generation)
+            .and_then(|(_, whole)| whole.upgrade());
+        if let Some(whole) = shared {
+            return whole;
+        }
+        let whole: Arc<[Bytes]> = self.resources.values().map(|e| e.wire.clone()).collect();
+        *cached = Some((self.generation, Arc::downgrade(&whole)));
+        whole
+    }
+
+    /// How many changed keys a stream that cannot send may keep in the log behind it before
+    /// it lets go (see [`LOG_MIN_KEYS`]).
+    pub(crate) fn lag_limit(&self) -> u64 {
+        let keys = LOG_MIN_KEYS.max(LOG_PER_RESOURCE.saturating_mul(self.resources.len()));
+        u64::try_from(keys).unwrap_or(u64::MAX)
+    }
+
+    fn upsert(&mut self, resource: Resource, changed: &mut Changed) {
         let version = resource.version();
-        let (name, old_aliases) = match self.resources.get_key_value(resource.name.as_str()) {
-            Some((_, old))
-                if old.version == version && old.resource.aliases == resource.aliases =>
-            {
-                return;
-            }
-            Some((name, old)) => (name.clone(), old.resource.aliases.clone()),
-            None => (Arc::from(resource.name.as_str()), Vec::new()),
+        let Resource {
+            name,
+            mut aliases,
+            body,
+        } = resource;
+        // Kept for the life of the resource: no spare capacity.
+        aliases.shrink_to_fit();
+        let (key, before, old_aliases) = match self.resources.get_key_value(name.as_str()) {
+            Some((_, old)) if old.version == version && old.aliases == aliases => return,
+            Some((key, old)) => (key.clone(), Some(old.version), old.aliases.clone()),
+            None => (Arc::from(name.as_str()), None, Vec::new()),
         };
-        self.unindex(&name, &old_aliases);
-        self.index(&name, &resource.aliases);
-        keys.push(name.clone());
-        keys.extend(
-            old_aliases
-                .iter()
-                .chain(&resource.aliases)
-                .map(|a| Arc::from(a.as_str())),
+        self.unindex(&key, &old_aliases, changed);
+        self.index(&key, &aliases, changed);
+        changed.names.push((key.clone(), before));
+        let wire = wire::encode_resource(name, version, body);
+        self.resources.insert(
+            key,
+            Entry {
+                version,
+                aliases,
+                wire,
+            },
         );
-        self.resources.insert(name, Entry { version, resource });
     }
 
-    fn remove(&mut self, name: &str, keys: &mut Vec<Arc<str>>) {
+    fn remove(&mut self, name: &str, changed: &mut Changed) {
         if let Some((name, old)) = self.resources.remove_entry(name) {
-            self.unindex(&name, &old.resource.aliases);
-            keys.extend(old.resource.aliases.iter().map(|a| Arc::from(a.as_str())));
-            keys.push(name);
+            self.unindex(&name, &old.aliases, changed);
+            changed.names.push((name, Some(old.version)));
         }
     }
 
-    fn index(&mut self, name: &Arc<str>, aliases: &[String]) {
+    /// Records `name` as an owner of `aliases` (and the aliases as changed).
+    fn index(&mut self, name: &Arc<str>, aliases: &[String], changed: &mut Changed) {
         for alias in aliases {
-            self.aliases
-                .entry(Arc::from(alias.as_str()))
-                .or_default()
-                .insert(name.clone());
+            let key = match self.aliases.get_key_value(alias.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(alias.as_str()),
+            };
+            match self.aliases.entry(key.clone()) {
+                hash_map::Entry::Occupied(mut owners) => {
+                    let owners = owners.get_mut();
+                    if let Err(at) = owners.binary_search(name) {
+                        owners.insert(at, name.clone());
+                    }
+                }
+                // Exactly one slot: most aliases never get a second owner.
+                hash_map::Entry::Vacant(owners) => {
+                    owners.insert(vec![name.clone()]);
+                }
+            }
+            changed.aliases.push(key);
         }
     }
 
-    fn unindex(&mut self, name: &Arc<str>, aliases: &[String]) {
+    /// Drops `name` as an owner of `aliases` (and records the aliases as changed).
+    fn unindex(&mut self, name: &Arc<str>, aliases: &[String], changed: &mut Changed) {
         for alias in aliases {
-            if let Some(owners) = self.aliases.get_mut(alias.as_str()) {
-                owners.remove(name);
-                if owners.is_empty() {
+            let Some((key, owners)) = self.aliases.get_key_value(alias.as_str()) else {
+                continue;
+            };
+            changed.aliases.push(key.clone());
+            if let Ok(at) = owners.binary_search(name) {
+                let last = owners.len() == 1;
+                if last {
                     self.aliases.remove(alias.as_str());
+                } else if let Some(owners) = self.aliases.get_mut(alias.as_str()) {
+                    owners.remove(at);
                 }
             }
         }
     }
+}
 
-    fn record(&mut self, generation: u64, keys: Vec<Arc<str>>) {
-        self.generation = generation;
-        self.log_keys += keys.len();
-        self.log.push_back(Change { generation, keys });
-        let cap = LOG_MIN_KEYS.max(self.resources.len());
-        while self.log_keys > cap {
-            let Some(oldest) = self.log.pop_front() else {
-                break;
-            };
-            self.log_keys -= oldest.keys.len();
-            self.floor = oldest.generation;
+// === impl Entry ===
+
+impl Entry {
+    /// The resource as it was stored.
+    fn to_resource(&self, name: &str) -> Resource {
+        // `wire` is this store's own encoding of a `Resource` with a body, so decoding cannot
+        // fail; an empty body would only stand in for a broken invariant.
+        let body = xds::Resource::decode(self.wire.clone())
+            .ok()
+            .and_then(|resource| resource.resource)
+            .unwrap_or_default();
+        Resource {
+            name: name.to_owned(),
+            aliases: self.aliases.clone(),
+            body,
         }
     }
 }
@@ -334,13 +395,20 @@ mod tests {
         )
     }
 
-    fn changed_since(store: &Store, seen: u64) -> Option<Vec<String>> {
-        let state = store.read();
-        let changes = state.get(T).changes_since(seen)?;
-        let mut keys: Vec<String> = changes.map(|k| k.to_string()).collect();
+    fn cursor(store: &Store) -> Cursor {
+        store.read().get(T).latest().clone()
+    }
+
+    /// The keys changed after `cursor`, sorted and deduplicated.
+    fn changed_since(cursor: &Cursor) -> Vec<String> {
+        let mut keys: Vec<String> = cursor
+            .since()
+            .flat_map(|change| change.keys())
+            .map(|k| k.to_string())
+            .collect();
         keys.sort();
         keys.dedup();
-        Some(keys)
+        keys
     }
 
     #[test]
@@ -356,6 +424,15 @@ mod tests {
     }
 
     #[test]
+    fn resources_read_back_as_written() {
+        let store = Store::new();
+        let written = res("a", b"body").with_aliases(["ip", "other"]);
+        store.apply(T, vec![written.clone()], vec![]);
+        assert_eq!(store.get(T, "a"), Some(written.clone()));
+        assert_eq!(store.resources(T), vec![written]);
+    }
+
+    #[test]
     fn replace_all_is_one_generation() {
         let store = Store::new();
         store.apply(
@@ -363,13 +440,11 @@ mod tests {
             vec![res("a", b"1"), res("b", b"1"), res("c", b"1")],
             vec![],
         );
+        let before = cursor(&store);
         store.replace_all(T, vec![res("a", b"1"), res("b", b"2"), res("d", b"1")]);
         assert_eq!(store.generation(), 2);
         assert_eq!(store.len(T), 3);
-        assert_eq!(
-            changed_since(&store, 1),
-            Some(vec!["b".into(), "c".into(), "d".into()])
-        );
+        assert_eq!(changed_since(&before), ["b", "c", "d"]);
     }
 
     #[test]
@@ -384,26 +459,70 @@ mod tests {
             "smallest name wins a shared alias"
         );
         assert_eq!(resolve("b").as_deref(), Some("b"));
+        let before = cursor(&store);
         store.apply(T, vec![res("a", b"1")], vec![]);
         assert_eq!(resolve("ip").as_deref(), Some("b"));
-        assert_eq!(
-            changed_since(&store, 2),
-            Some(vec!["a".into(), "ip".into()])
-        );
+        assert_eq!(changed_since(&before), ["a", "ip"]);
         store.apply(T, vec![], vec!["b".into()]);
         assert_eq!(resolve("ip"), None);
     }
 
     #[test]
-    fn the_log_is_bounded_and_says_when_it_no_longer_reaches() {
+    fn the_log_records_what_each_name_was_before() {
         let store = Store::new();
-        for i in 0..(LOG_MIN_KEYS + 10) {
-            store.apply(T, vec![res("a", i.to_string().as_bytes())], vec![]);
-        }
-        assert_eq!(changed_since(&store, 0), None);
-        let now = store.generation();
-        assert_eq!(changed_since(&store, now - 1), Some(vec!["a".into()]));
-        assert_eq!(changed_since(&store, now), Some(vec![]));
+        store.apply(T, vec![res("a", b"1")], vec![]);
+        let v1 = store.read().get(T).resources["a"].version;
+        let before = cursor(&store);
+        store.apply(T, vec![res("a", b"2"), res("b", b"1")], vec![]);
+        let v2 = store.read().get(T).resources["a"].version;
+        store.apply(T, vec![], vec!["a".into()]);
+        let names: Vec<(String, Option<u64>)> = before
+            .since()
+            .flat_map(|change| change.names())
+            .map(|(name, version)| (name.to_string(), *version))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a".to_string(), Some(v1)),
+                ("b".to_string(), None),
+                ("a".to_string(), Some(v2))
+            ]
+        );
+        assert_eq!(before.lag(store.read().get(T).latest()), 3);
+        assert_eq!(store.read().get(T).lag_limit(), LOG_MIN_KEYS as u64);
+    }
+
+    #[test]
+    fn the_whole_list_is_shared_within_a_generation() {
+        let store = Store::new();
+        store.apply(T, vec![res("b", b"1"), res("a", b"1")], vec![]);
+        let first = store.read().get(T).whole();
+        assert!(Arc::ptr_eq(&first, &store.read().get(T).whole()));
+        let names: Vec<String> = first
+            .iter()
+            .map(|wire| {
+                xds::Resource::decode(wire.clone())
+                    .map(|r| r.name)
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        store.apply(T, vec![res("c", b"1")], vec![]);
+        let second = store.read().get(T).whole();
+        assert_eq!(second.len(), 3);
+        drop((first, second));
+        let dead = store
+            .read()
+            .get(T)
+            .whole
+            .lock()
+            .ok()
+            .and_then(|w| w.clone());
+        assert!(
+            dead.is_some_and(|(_, whole)| whole.upgrade().is_none()),
+            "kept only while held"
+        );
     }
 
     #[test]
@@ -412,5 +531,9 @@ mod tests {
         assert_eq!(store.len("type.test/Unknown"), 0);
         assert!(store.get("type.test/Unknown", "x").is_none());
         assert!(store.resources("type.test/Unknown").is_empty());
+        assert_eq!(
+            store.read().get("type.test/Unknown").latest().generation(),
+            0
+        );
     }
 }

@@ -8,6 +8,12 @@
 //!
 //! - The store's read lock is taken for in-memory work only and released before anything is
 //!   sent; a permit is reserved first, so `send` never waits.
+//! - A response shares the store's encoded resources ([`EncodedResponse`]); what a stream keeps
+//!   between pushes is its subscriptions, which for an up-to-date wildcard client is a position
+//!   in the change log, not a copy of the names it holds.
+//! - A stream that cannot send (its queue is full: the client is not reading) lets go of the
+//!   change log once it lags too far behind ([`TypeSubscription::release_if_behind`]), so it
+//!   pins no more than that. A stream that can send catches up instead, however big the change.
 //! - Per-stream state is bounded: at most [`MAX_TYPES`] type URLs and [`MAX_TRACKED_NAMES`]
 //!   names per type; a client going beyond gets `RESOURCE_EXHAUSTED` on its own stream.
 //! - The stream ends when the client half-closes, goes away, or sends something malformed.
@@ -23,6 +29,7 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::subscription::{Delta, TypeSubscription};
+use super::wire::{EncodedResponse, ResponseFields};
 use super::{ClientId, ServerStats, Store};
 
 /// Type URLs one stream may subscribe to. Istio's ambient mode uses two.
@@ -37,7 +44,11 @@ const ERROR_GRACE: Duration = Duration::from_secs(5);
 /// Response nonces, unique across the process's streams.
 static NONCES: AtomicU64 = AtomicU64::new(1);
 
-type Outbound = mpsc::Sender<Result<xds::DeltaDiscoveryResponse, Status>>;
+/// What a stream hands its response body: a response, or the status ending the call. Boxed, so
+/// the queue's slots stay small.
+pub(crate) type Outgoing = Result<Box<EncodedResponse>, Box<Status>>;
+
+type Outbound = mpsc::Sender<Outgoing>;
 
 /// The state of one stream.
 #[derive(Debug)]
@@ -92,6 +103,9 @@ impl AdsStream {
                     if changed.is_err() {
                         break None;
                     }
+                    if tx.capacity() == 0 {
+                        self.release_if_behind();
+                    }
                 }
                 permit = tx.reserve(), if work => match permit {
                     Ok(permit) => self.push(permit),
@@ -107,7 +121,7 @@ impl AdsStream {
             Some(status) => {
                 warn!(code = ?status.code(), error = status.message(), "xDS stream failed");
                 // The client may not read any more; do not wait for it forever.
-                let _ = tokio::time::timeout(ERROR_GRACE, tx.send(Err(status))).await;
+                let _ = tokio::time::timeout(ERROR_GRACE, tx.send(Err(Box::new(status)))).await;
             }
             None => info!("xDS client disconnected"),
         }
@@ -142,9 +156,12 @@ impl AdsStream {
                 None => debug!(type_url, nonce, "ACK"),
             }
         }
+        let state = self.store.read();
+        let current = state.get(type_url);
         let tracked = match self.types.iter_mut().find(|(t, _)| t == type_url) {
             Some((_, subscription)) => {
                 subscription.update(
+                    current,
                     &request.resource_names_subscribe,
                     &request.resource_names_unsubscribe,
                 );
@@ -156,10 +173,10 @@ impl AdsStream {
                         "a stream may subscribe to at most {MAX_TYPES} type URLs"
                     )));
                 }
-                if self.store.len(type_url) == 0 {
+                if current.resources.is_empty() {
                     debug!(type_url, "subscribed to a type with no resources (yet)");
                 }
-                let subscription = TypeSubscription::new(&request);
+                let subscription = TypeSubscription::new(&request, current);
                 let tracked = subscription.tracked();
                 self.types.push((request.type_url, subscription));
                 tracked
@@ -173,6 +190,18 @@ impl AdsStream {
         Ok(())
     }
 
+    fn release_if_behind(&mut self) {
+        let state = self.store.read();
+        for (type_url, subscription) in &mut self.types {
+            if subscription.release_if_behind(state.get(type_url)) {
+                debug!(
+                    type_url,
+                    "client is not reading; let go of the change log behind it"
+                );
+            }
+        }
+    }
+
     fn has_work(&self) -> bool {
         let state = self.store.read();
         self.types
@@ -181,22 +210,25 @@ impl AdsStream {
     }
 
     /// Sends the next type's diff, if any type has one.
-    fn push(&mut self, permit: mpsc::Permit<'_, Result<xds::DeltaDiscoveryResponse, Status>>) {
+    fn push(&mut self, permit: mpsc::Permit<'_, Outgoing>) {
         let Some(response) = self.next_response() else {
             return;
         };
-        self.stats.pushed(&response);
-        debug!(
-            type_url = %response.type_url,
-            nonce = %response.nonce,
-            resources = response.resources.len(),
-            removed = response.removed_resources.len(),
-            "push"
-        );
-        permit.send(Ok(response));
+        if let Ok(response) = &response {
+            let summary = response.summary();
+            self.stats.pushed(summary);
+            debug!(
+                type_url = %summary.type_url,
+                nonce = %summary.nonce,
+                resources = summary.resources,
+                removed = summary.removed,
+                "push"
+            );
+        }
+        permit.send(response.map(Box::new).map_err(Box::new));
     }
 
-    fn next_response(&mut self) -> Option<xds::DeltaDiscoveryResponse> {
+    fn next_response(&mut self) -> Option<Result<EncodedResponse, Status>> {
         let state = self.store.read();
         let count = self.types.len();
         for step in 0..count {
@@ -215,16 +247,15 @@ impl AdsStream {
     }
 }
 
-fn response(type_url: &str, generation: u64, delta: Delta) -> xds::DeltaDiscoveryResponse {
+fn response(type_url: &str, generation: u64, delta: Delta) -> Result<EncodedResponse, Status> {
     let nonce = NONCES.fetch_add(1, Ordering::Relaxed);
-    xds::DeltaDiscoveryResponse {
+    EncodedResponse::new(ResponseFields {
         system_version_info: generation.to_string(),
-        resources: delta.resources,
         type_url: type_url.to_owned(),
-        removed_resources: delta.removed,
         nonce: format!("{nonce:x}"),
-        ..Default::default()
-    }
+        resources: delta.resources,
+        removed: delta.removed,
+    })
 }
 
 /// The status a stream ends with when reading a request failed.
