@@ -26,26 +26,36 @@ pub(crate) struct ClientPod {
     pub(crate) path: PathBuf,
 }
 
-/// `size`-byte request/response round trips on one connection to the echo server at `addr`.
-pub(crate) fn request_response(
-    pod: &ClientPod,
-    addr: SocketAddr,
-    size: usize,
-    samples: usize,
-) -> io::Result<Vec<Duration>> {
-    let mut stream = connect(&pod.netns, addr)?;
-    let out = vec![0x5a_u8; size];
-    let mut back = vec![0_u8; size];
-    for _ in 0..WARMUP {
-        round_trip(&mut stream, &out, &mut back)?;
+/// One connection to the echo server for `size`-byte request/response round trips.
+pub(crate) struct Conversation {
+    stream: TcpStream,
+    out: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl Conversation {
+    /// Connects from `pod` to `addr` and exchanges a few hundred messages (connection set-up,
+    /// caches, the proxies' pools) before any is timed.
+    pub(crate) fn open(pod: &ClientPod, addr: SocketAddr, size: usize) -> io::Result<Self> {
+        let mut conversation = Self {
+            stream: connect(&pod.netns, addr)?,
+            out: vec![0x5a_u8; size],
+            back: vec![0_u8; size],
+        };
+        conversation.sample(WARMUP)?;
+        Ok(conversation)
     }
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let start = Instant::now();
-        round_trip(&mut stream, &out, &mut back)?;
-        times.push(start.elapsed());
+
+    /// `samples` timed round trips.
+    pub(crate) fn sample(&mut self, samples: usize) -> io::Result<Vec<Duration>> {
+        let mut times = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let start = Instant::now();
+            round_trip(&mut self.stream, &self.out, &mut self.back)?;
+            times.push(start.elapsed());
+        }
+        Ok(times)
     }
-    Ok(times)
 }
 
 /// `samples` times in a row: a new connection to `addr`, one byte echoed, close. Each sample
@@ -106,7 +116,11 @@ pub(crate) fn connection_rate(
 }
 
 /// `count` connections to `addr` that send nothing, opened in batches from the pod.
-pub(crate) fn open_idle(pod: &ClientPod, addr: SocketAddr, count: usize) -> io::Result<Vec<TcpStream>> {
+pub(crate) fn open_idle(
+    pod: &ClientPod,
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Vec<TcpStream>> {
     pod.netns.run_io(move || {
         (0..count)
             .map(|_| {
@@ -127,14 +141,27 @@ pub(crate) fn iperf3(
     duration: Duration,
 ) -> io::Result<(f64, f64)> {
     let mut cmd = Command::new("iperf3");
-    cmd.args(["-c", &server.ip().to_string(), "-p", &server.port().to_string()])
-        .args(["-t", &duration.as_secs().to_string(), "-P", &streams.to_string()])
-        .args(["-J", "--connect-timeout", "5000"]);
+    cmd.args([
+        "-c",
+        &server.ip().to_string(),
+        "-p",
+        &server.port().to_string(),
+    ])
+    .args([
+        "-t",
+        &duration.as_secs().to_string(),
+        "-P",
+        &streams.to_string(),
+    ])
+    .args(["-J", "--connect-timeout", "5000"]);
     let out = run(pod, cmd, "iperf3 (apt-get install iperf3)")?;
     let json: serde_json::Value = serde_json::from_str(&out)
         .map_err(|e| io::Error::other(format!("iperf3 printed no JSON report ({e}): {out}")))?;
     let received = &json["end"]["sum_received"];
-    match (received["bits_per_second"].as_f64(), received["bytes"].as_f64()) {
+    match (
+        received["bits_per_second"].as_f64(),
+        received["bytes"].as_f64(),
+    ) {
         (Some(bps), Some(bytes)) => Ok((bps, bytes)),
         _ => Err(io::Error::other(format!(
             "iperf3 report without end.sum_received: {}",
@@ -200,7 +227,7 @@ pub(crate) fn ab(
 fn connect(netns: &Netns, addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = netns.run_io(move || Socket::new(Domain::IPV4, Type::STREAM, None))?;
     socket.connect(&addr.into())?;
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
 }
 
@@ -213,7 +240,7 @@ fn round_trip(stream: &mut TcpStream, out: &[u8], back: &mut [u8]) -> io::Result
 fn one_connection(addr: SocketAddr) -> io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.connect(&addr.into())?;
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     let mut stream: TcpStream = socket.into();
     let mut back = [0_u8; 1];
     round_trip(&mut stream, b"x", &mut back)

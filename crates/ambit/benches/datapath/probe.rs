@@ -1,5 +1,5 @@
-//! What `/proc` says about the machine and the node proxies: resident memory, CPU time of a
-//! process, busy time of the whole machine, and the machine's description.
+//! What `/proc` says about the machine and the processes taking part: resident memory and CPU
+//! time of a process, and the machine's description.
 //!
 //! `/proc` reports CPU time in USER_HZ ticks, which Linux fixes at 100 per second for
 //! userspace whatever the kernel's internal tick rate.
@@ -36,53 +36,66 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (field(14) + field(15)) / USER_HZ
 }
 
-/// CPU seconds the whole machine has spent busy (all CPUs; not idle, not waiting for I/O).
-pub(crate) fn busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+/// User plus system CPU seconds of this process and of its children it has waited for (the
+/// load generators run to completion through `Command::output`).
+pub(crate) fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
         return 0.0;
     };
-    let ticks: Vec<f64> = line
+    let fields: Vec<f64> = rest
         .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
+        .map(|v| v.parse().unwrap_or(0.0))
         .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let total: f64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-    (total - idle) / USER_HZ
+    // utime, stime, cutime, cstime: fields 14 to 17, counted from 3 here.
+    fields.get(11..15).map_or(0.0, |f| f.iter().sum::<f64>()) / USER_HZ
 }
 
-/// CPU used between [`Meter::start`] and [`Meter::stop`]: by the machine and by the node
-/// proxies.
+/// CPU used between [`Meter::start`] and [`Meter::stop`] by every process taking part (this
+/// one with its clients and servers, its finished load generators, the long-running servers
+/// and the node proxies) and by the node proxies alone. Unlike the machine's busy time, this
+/// leaves out whatever else runs on the machine; the kernel's network work is included, as it
+/// mostly runs in the context of the process sending.
 #[derive(Debug)]
 pub(crate) struct Meter {
-    pids: Vec<u32>,
-    busy: f64,
-    proxies: f64,
+    proxies: Vec<u32>,
+    others: Vec<u32>,
+    start_all: f64,
+    start_proxies: f64,
 }
 
 /// CPU seconds used during a measurement.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuUsed {
-    pub(crate) machine: f64,
+    pub(crate) all: f64,
     pub(crate) proxies: f64,
 }
 
 impl Meter {
-    pub(crate) fn start(pids: &[u32]) -> Self {
-        Self {
-            pids: pids.to_vec(),
-            busy: busy_seconds(),
-            proxies: pids.iter().map(|p| cpu_seconds(*p)).sum(),
-        }
+    /// `proxies` are the node proxies, `others` further long-running processes taking part.
+    pub(crate) fn start(proxies: &[u32], others: &[u32]) -> Self {
+        let mut meter = Self {
+            proxies: proxies.to_vec(),
+            others: others.to_vec(),
+            start_all: 0.0,
+            start_proxies: 0.0,
+        };
+        (meter.start_all, meter.start_proxies) = meter.now();
+        meter
     }
 
     pub(crate) fn stop(self) -> CpuUsed {
+        let (all, proxies) = self.now();
         CpuUsed {
-            machine: busy_seconds() - self.busy,
-            proxies: self.pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - self.proxies,
+            all: all - self.start_all,
+            proxies: proxies - self.start_proxies,
         }
+    }
+
+    fn now(&self) -> (f64, f64) {
+        let proxies: f64 = self.proxies.iter().map(|p| cpu_seconds(*p)).sum();
+        let others: f64 = self.others.iter().map(|p| cpu_seconds(*p)).sum();
+        (proxies + others + own_cpu_seconds(), proxies)
     }
 }
 
@@ -144,7 +157,7 @@ pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]

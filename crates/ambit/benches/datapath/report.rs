@@ -66,11 +66,16 @@ pub(crate) fn table(figures: &[Figure], machine: &Machine, settings: &str) -> St
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}", machine.line());
     let _ = writeln!(out, "Run: {settings}\n");
-    let _ = writeln!(out, "| figure | unit | direct TCP | Ambit | ratio | target | |");
+    let _ = writeln!(
+        out,
+        "| figure | unit | direct TCP | Ambit | ratio | target | |"
+    );
     let _ = writeln!(out, "|---|---|--:|--:|--:|--:|---|");
     for f in figures {
         let direct = f.direct.map_or_else(|| "–".to_owned(), number);
-        let ratio = f.ratio().map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
+        let ratio = f
+            .ratio()
+            .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
         let target = f.target.map_or_else(String::new, Target::text);
         let verdict = match f.met() {
             Some(true) => "met",

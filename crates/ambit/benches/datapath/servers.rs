@@ -1,13 +1,19 @@
 //! The applications of the server pod: an echo server (blocking threads, for the latency and
 //! connection-rate figures), a small HTTP/1.1 server (tokio, for wrk and ab), a holder that
-//! accepts connections and keeps them idle (for the memory figures) and iperf3 (a child
-//! process). Every listening socket is created inside the pod's network namespace, so the
-//! pod's capture rules (when it is enrolled) apply exactly as to a process in the pod.
+//! accepts connections and keeps them idle (for the memory figures) and iperf3. Every
+//! listening socket is created inside the pod's network namespace, so the pod's capture rules
+//! (when it is enrolled) apply exactly as to a process in the pod.
+//!
+//! The holder and iperf3 are child processes started in the pod: the holder is this program
+//! again (with [`HOLD_ENV`] set), so that the server ends of 10,000 idle connections count
+//! against its open-file limit, not against the one of this process, which holds the client
+//! ends.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ambit_netns::Netns;
 use socket2::{Domain, Socket, Type};
@@ -31,10 +37,13 @@ pub(crate) const IPERF_PORT: u16 = 5201;
 /// threads block in `accept` and end with the process).
 pub(crate) struct Servers {
     http: JoinHandle<()>,
-    hold: JoinHandle<()>,
-    held: Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+    holder: Child,
+    held: Arc<AtomicUsize>,
     iperf: Child,
 }
+
+/// Set to `ip:port`, it makes this program the idle-connection holder (see the module docs).
+pub(crate) const HOLD_ENV: &str = "AMBIT_BENCH_HOLD";
 
 impl Servers {
     /// Starts every application on `ip` inside `netns`. Call within a tokio runtime.
@@ -48,11 +57,7 @@ impl Servers {
             netns,
             SocketAddr::from((ip, HTTP_PORT)),
         )?)?)?;
-        let hold = tokio::net::TcpListener::from_std(nonblocking(listener(
-            netns,
-            SocketAddr::from((ip, HOLD_PORT)),
-        )?)?)?;
-        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (holder, held) = start_holder(netns, SocketAddr::from((ip, HOLD_PORT)))?;
         let mut iperf = Command::new("iperf3");
         iperf
             .args(["-s", "-B", &ip.to_string(), "-p", &IPERF_PORT.to_string()])
@@ -64,33 +69,33 @@ impl Servers {
         })?;
         Ok(Self {
             http: tokio::spawn(serve_http(http)),
-            hold: tokio::spawn(hold_idle(hold, held.clone())),
+            holder,
             held,
             iperf,
         })
     }
 
-    /// Connections the holder has accepted and still holds.
+    /// Connections the holder has accepted (and holds).
     pub(crate) fn held(&self) -> usize {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.held.load(Ordering::Relaxed)
     }
 
-    /// Closes every held connection.
-    pub(crate) fn release_held(&self) {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+    /// The long-running processes: iperf3 and the holder.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        vec![self.iperf.id(), self.holder.id()]
+    }
+
+    /// Closes every held connection: the holder exits.
+    pub(crate) fn release_held(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
         self.http.abort();
-        self.hold.abort();
+        self.release_held();
         let _ = self.iperf.kill();
         let _ = self.iperf.wait();
     }
@@ -205,13 +210,48 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 // === idle connections ===
 
-async fn hold_idle(
-    listener: tokio::net::TcpListener,
-    held: Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
-) {
-    while let Ok((stream, _)) = listener.accept().await {
-        held.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(stream);
+/// Starts the holder in `netns` on `addr`; the counter follows what it reports.
+fn start_holder(netns: &Netns, addr: SocketAddr) -> io::Result<(Child, Arc<AtomicUsize>)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(HOLD_ENV, addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = netns.spawn(cmd)?;
+    let held = Arc::new(AtomicUsize::new(0));
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("the holder's output"))?;
+    let counter = held.clone();
+    std::thread::spawn(move || {
+        for line in io::BufRead::lines(io::BufReader::new(out)) {
+            let Ok(Some(n)) = line.map(|l| l.trim().parse().ok()) else {
+                break;
+            };
+            counter.store(n, Ordering::Relaxed);
+        }
+    });
+    Ok((child, held))
+}
+
+/// The holder's whole life: listen on `addr` (in the namespace it was started in), accept
+/// and keep every connection, print how many it holds after each.
+pub(crate) fn hold(addr: &str) -> io::Result<()> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| io::Error::other(format!("{HOLD_ENV}={addr:?} is not ip:port")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    let listener: TcpListener = socket.into();
+    let mut held = Vec::new();
+    let mut out = io::stdout().lock();
+    loop {
+        let (stream, _) = listener.accept()?;
+        held.push(stream);
+        writeln!(out, "{}", held.len())?;
+        out.flush()?;
     }
 }

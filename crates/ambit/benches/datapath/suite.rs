@@ -1,0 +1,380 @@
+//! The sequence of measurements and what becomes of them: each throughput, rate and HTTP
+//! test runs on the direct pair and on the mesh pair back to back, the order flipping every
+//! round; latency tests alternate the pairs in short blocks within a round. Results are kept
+//! per side; `figures` turns them into the report's rows.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::clients::{self, ClientPod};
+use crate::probe::{self, Meter};
+use crate::servers::{ECHO_PORT, HOLD_PORT, HTTP_PORT, IPERF_PORT, Servers};
+use crate::wait_until;
+
+/// Every test, in the order a round runs them.
+const TESTS: [&str; 9] = [
+    "stream1", "stream8", "rr1", "rr1k", "connect", "rate", "wrk", "ab", "idle",
+];
+/// Tests whose samples are latencies, taken in alternating blocks.
+const LATENCY_TESTS: [&str; 3] = ["rr1", "rr1k", "connect"];
+/// Concurrent clients of the connection-rate test.
+pub(crate) const RATE_CLIENTS: usize = 8;
+/// Connections of wrk and of ab.
+pub(crate) const HTTP_CONNECTIONS: usize = 50;
+/// Latency tests alternate direct and mesh in this many blocks per round, so that both see
+/// the same machine (on a VM, whether a wake-up crosses CPUs moves a 10 µs round trip to 40).
+const LATENCY_BLOCKS: usize = 20;
+/// Idle connections opened at once before waiting for the server to have them all.
+const IDLE_BATCH: usize = 500;
+
+/// How long and how much to measure (see the bench's crate docs for the variables).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) seconds: u64,
+    pub(crate) rounds: usize,
+    pub(crate) samples: usize,
+    pub(crate) idle: Vec<usize>,
+    pub(crate) only: Option<Vec<String>>,
+    pub(crate) log: String,
+    /// The `ambit` binary whose roles are measured.
+    pub(crate) exe: std::path::PathBuf,
+}
+
+/// One client pod and the server pod it talks to.
+pub(crate) struct Pair {
+    pub(crate) client: ClientPod,
+    pub(crate) server: Ipv4Addr,
+    pub(crate) servers: Servers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Side {
+    Direct,
+    Mesh,
+}
+
+/// The measurements taken so far.
+pub(crate) struct Suite {
+    pub(crate) settings: Settings,
+    pub(crate) errors: Vec<String>,
+    proxies: Vec<u32>,
+    /// Long-running servers (iperf3, the holders), whose CPU counts with the clients'.
+    others: Vec<u32>,
+    /// Per-round values (rates, CPU per unit, memory) by key and side.
+    pub(crate) values: BTreeMap<(String, Side), Vec<f64>>,
+    /// Latency samples by test and side, all rounds together.
+    pub(crate) samples: BTreeMap<(String, Side), Vec<Duration>>,
+    /// A word to print beside a figure (e.g. both node proxies' memory).
+    pub(crate) notes: BTreeMap<String, String>,
+}
+
+impl Settings {
+    pub(crate) fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let number = |name: &str, default: usize| {
+            var(name)
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+                })
+                .unwrap_or(default)
+        };
+        let idle = var("AMBIT_BENCH_IDLE").map_or_else(
+            || vec![1_000, 10_000],
+            |v| {
+                v.split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .unwrap_or_else(|_| panic!("AMBIT_BENCH_IDLE: {n:?} is not a number"))
+                    })
+                    .collect()
+            },
+        );
+        let only = var("AMBIT_BENCH_ONLY").map(|v| {
+            let names: Vec<String> = v.split(',').map(|n| n.trim().to_owned()).collect();
+            for n in &names {
+                assert!(
+                    TESTS.contains(&n.as_str()),
+                    "AMBIT_BENCH_ONLY: unknown test {n:?}; tests: {TESTS:?}"
+                );
+            }
+            names
+        });
+        Self {
+            seconds: number("AMBIT_BENCH_SECONDS", 4) as u64,
+            rounds: number("AMBIT_BENCH_ROUNDS", 2).max(1),
+            samples: number("AMBIT_BENCH_SAMPLES", 4000).max(10),
+            idle,
+            only,
+            log: var("AMBIT_BENCH_LOG").unwrap_or_else(|| "info".to_owned()),
+            exe: var("AMBIT_BENCH_EXE")
+                .map_or_else(|| env!("CARGO_BIN_EXE_ambit").into(), Into::into),
+        }
+    }
+
+    fn enabled(&self, test: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|t| t == test))
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} rounds, direct and mesh alternating; {} s per throughput and rate run; {} latency \
+             samples per round ({} for connect + echo + close); node proxies' log filter `{}`",
+            self.rounds,
+            self.seconds,
+            self.samples,
+            self.samples / 2,
+            self.log
+        )
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "seconds": self.seconds,
+            "rounds": self.rounds,
+            "samples": self.samples,
+            "idle": self.idle,
+            "only": self.only,
+            "log": self.log,
+            "exe": self.exe,
+        })
+    }
+}
+
+impl Suite {
+    pub(crate) fn new(settings: Settings, proxies: Vec<u32>, others: Vec<u32>) -> Self {
+        Self {
+            settings,
+            errors: Vec::new(),
+            proxies,
+            others,
+            values: BTreeMap::new(),
+            samples: BTreeMap::new(),
+            notes: BTreeMap::new(),
+        }
+    }
+
+    /// One exchange on each pair (the mesh's first fetches certificates and dials HBONE), then
+    /// the node proxies' memory before any load.
+    pub(crate) fn warm_up(&mut self, direct: &Pair, mesh: &Pair) {
+        for (pair, what) in [(direct, "direct"), (mesh, "mesh")] {
+            let addr = SocketAddr::from((pair.server, ECHO_PORT));
+            let ok = wait_until(Duration::from_secs(30), || {
+                clients::connect_echo_close(&pair.client, addr, 1).is_ok()
+            });
+            assert!(ok, "no echo over the {what} pair within 30 s");
+        }
+        self.rss("rss_idle");
+    }
+
+    /// Every enabled test, `rounds` times, then the idle-connection test.
+    pub(crate) fn run(&mut self, direct: &Pair, mesh: &mut Pair) {
+        for round in 0..self.settings.rounds {
+            let meshed: &Pair = mesh;
+            let order = if round % 2 == 0 {
+                [(Side::Direct, direct), (Side::Mesh, meshed)]
+            } else {
+                [(Side::Mesh, meshed), (Side::Direct, direct)]
+            };
+            for test in TESTS.iter().filter(|t| **t != "idle") {
+                if !self.settings.enabled(test) {
+                    continue;
+                }
+                if LATENCY_TESTS.contains(test) {
+                    if let Err(e) = self.latency_round(test, direct, meshed) {
+                        let error = format!("{test} (round {round}): {e}");
+                        eprintln!("  {error}");
+                        self.errors.push(error);
+                    }
+                    continue;
+                }
+                for (side, pair) in order {
+                    if let Err(e) = self.one(test, side, pair) {
+                        let error = format!("{test} ({side:?}, round {round}): {e}");
+                        eprintln!("  {error}");
+                        self.errors.push(error);
+                    }
+                }
+            }
+        }
+        if self.settings.enabled("idle")
+            && let Err(e) = self.idle(mesh)
+        {
+            eprintln!("  idle: {e}");
+            self.errors.push(format!("idle: {e}"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        self.rss("rss_after");
+    }
+
+    fn one(&mut self, test: &str, side: Side, pair: &Pair) -> std::io::Result<()> {
+        let duration = self.settings.duration();
+        let echo = SocketAddr::from((pair.server, ECHO_PORT));
+        let url = format!("http://{}:{HTTP_PORT}/", pair.server);
+        let client = &pair.client;
+        let meter = Meter::start(&self.proxies, &self.others);
+        match test {
+            "stream1" | "stream8" => {
+                let streams = if test == "stream1" { 1 } else { 8 };
+                let iperf = SocketAddr::from((pair.server, IPERF_PORT));
+                let (bps, bytes) = clients::iperf3(client, iperf, streams, duration)?;
+                let cpu = meter.stop();
+                eprintln!("  {test:8} {side:?}: {:.2} Gbit/s", bps / 1e9);
+                self.push(&format!("{test}_gbps"), side, bps / 1e9);
+                if test == "stream1" {
+                    let gb = bytes / 1e9;
+                    self.push("cpu_all_per_gb", side, cpu.all / gb);
+                    if side == Side::Mesh {
+                        self.push("cpu_proxies_per_gb", side, cpu.proxies / gb);
+                    }
+                }
+            }
+            "rate" => {
+                let rate = clients::connection_rate(client, echo, RATE_CLIENTS, duration)?;
+                eprintln!("  {test:8} {side:?}: {rate:.0} connections/s");
+                self.push("rate_cps", side, rate);
+            }
+            "wrk" | "ab" => {
+                let (rps, done) = if test == "wrk" {
+                    clients::wrk(client, &url, HTTP_CONNECTIONS, duration)?
+                } else {
+                    clients::ab(client, &url, HTTP_CONNECTIONS, duration)?
+                };
+                let cpu = meter.stop();
+                eprintln!("  {test:8} {side:?}: {rps:.0} requests/s");
+                self.push(&format!("{test}_rps"), side, rps);
+                let per_10k = done / 1e4;
+                self.push(&format!("cpu_all_per_10k_{test}"), side, cpu.all / per_10k);
+                if side == Side::Mesh {
+                    self.push(
+                        &format!("cpu_proxies_per_10k_{test}"),
+                        side,
+                        cpu.proxies / per_10k,
+                    );
+                }
+            }
+            other => unreachable!("unknown test {other}"),
+        }
+        Ok(())
+    }
+
+    /// One round of a latency test: `samples` on each side, in [`LATENCY_BLOCKS`] blocks
+    /// alternating between the sides.
+    fn latency_round(&mut self, test: &str, direct: &Pair, mesh: &Pair) -> std::io::Result<()> {
+        let per_block = (self.settings.samples / LATENCY_BLOCKS).max(1);
+        let sides = [(Side::Direct, direct), (Side::Mesh, mesh)];
+        let mut times: [Vec<Duration>; 2] = Default::default();
+        let mut conversations = Vec::new();
+        if test != "connect" {
+            let size = if test == "rr1" { 1 } else { 1024 };
+            for (_, pair) in sides {
+                let echo = SocketAddr::from((pair.server, ECHO_PORT));
+                conversations.push(clients::Conversation::open(&pair.client, echo, size)?);
+            }
+        }
+        for block in 0..LATENCY_BLOCKS {
+            for k in [block % 2, 1 - block % 2] {
+                let pair = sides[k].1;
+                let sample = match conversations.get_mut(k) {
+                    Some(conversation) => conversation.sample(per_block)?,
+                    None => {
+                        let echo = SocketAddr::from((pair.server, ECHO_PORT));
+                        clients::connect_echo_close(&pair.client, echo, per_block / 2)?
+                    }
+                };
+                times[k].extend(sample);
+            }
+        }
+        let [direct_times, mesh_times] = times;
+        self.report_samples(test, Side::Direct, direct_times);
+        self.report_samples(test, Side::Mesh, mesh_times);
+        Ok(())
+    }
+
+    /// Opens idle connections through the mesh up to each count of the settings and records
+    /// the node proxies' memory at each; then closes them all.
+    fn idle(&mut self, mesh: &mut Pair) -> std::io::Result<()> {
+        let addr = SocketAddr::from((mesh.server, HOLD_PORT));
+        let mut open = Vec::new();
+        for &count in &self.settings.idle.clone() {
+            while open.len() < count {
+                let batch = IDLE_BATCH.min(count - open.len());
+                open.extend(clients::open_idle(&mesh.client, addr, batch)?);
+                let arrived = wait_until(Duration::from_secs(30), || {
+                    mesh.servers.held() >= open.len()
+                });
+                if !arrived {
+                    return Err(std::io::Error::other(format!(
+                        "{} idle connections opened, {} reached the server",
+                        open.len(),
+                        mesh.servers.held()
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            eprintln!("  idle     Mesh: {count} connections open");
+            self.rss(&format!("rss_{count}"));
+        }
+        drop(open);
+        mesh.servers.release_held();
+        Ok(())
+    }
+
+    fn rss(&mut self, key: &str) {
+        let each: Vec<f64> = self.proxies.iter().map(|p| probe::rss_mb(*p)).collect();
+        let note = each
+            .iter()
+            .zip(["node-a", "node-b"])
+            .map(|(mb, node)| format!("{node} {mb:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.notes.insert(key.to_owned(), note);
+        let max = each.iter().copied().fold(0.0, f64::max);
+        self.push(key, Side::Mesh, max);
+    }
+
+    fn report_samples(&mut self, test: &str, side: Side, times: Vec<std::time::Duration>) {
+        let mut sorted = times.clone();
+        sorted.sort();
+        eprintln!(
+            "  {test:8} {side:?}: p50 {:.1} µs",
+            probe::percentile_us(&sorted, 0.5).unwrap_or(0.0)
+        );
+        if let Some(dir) = std::env::var_os("AMBIT_BENCH_SAMPLES_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("{test}-{side:?}.txt"));
+            let text: String = times
+                .iter()
+                .map(|t| format!("{}\n", t.as_nanos()))
+                .collect();
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("  cannot write {}: {e}", path.display());
+            }
+        }
+        self.samples
+            .entry((test.to_owned(), side))
+            .or_default()
+            .extend(times);
+    }
+
+    fn push(&mut self, key: &str, side: Side, value: f64) {
+        self.values
+            .entry((key.to_owned(), side))
+            .or_default()
+            .push(value);
+    }
+}
