@@ -2,8 +2,9 @@
 //!
 //! Two kinds of evidence are gathered and judged ([`report`]):
 //!
-//! - **the wire**: packets captured with tcpdump on the pods' interfaces ([`capture`]), read
-//!   back from the pcap file ([`pcap`]), put back together into TCP connections and classified
+//! - **the wire**: packets captured on the pods' interfaces with a packet socket of our own
+//!   ([`capture`], no tcpdump: it also runs as root of a user namespace), written to and read
+//!   back from a pcap file ([`pcap`]), put back together into TCP connections and classified
 //!   direction by direction as TLS records or plaintext ([`flows`]);
 //! - **the node proxies**: their `/config_dump` (which workloads exist, which are enrolled,
 //!   their identities), their Istio L4 metrics and their access logs ([`admin`]).

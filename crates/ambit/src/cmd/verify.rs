@@ -1,9 +1,9 @@
 //! `ambit verify`: proof that enrolled workloads' connections are carried over mutual TLS.
 //!
 //! Reads the node proxies' config dumps (which workloads exist and which are enrolled), L4
-//! metrics and access logs, optionally captures packets inside pods' network namespaces (or reads existing
-//! captures), and prints one row per kind of connection with its verdict (see
-//! `ambit_verify::report`).
+//! metrics and access logs, optionally captures packets inside pods' network namespaces (with
+//! a packet socket of its own, `ambit_verify::capture`) or reads existing captures, and prints
+//! one row per kind of connection with its verdict (see `ambit_verify::report`).
 //!
 //! Exit status: 0 when no enrolled workload's connection crossed the wire in plaintext; 1 when
 //! one did (the error names it, after the table) or when the evidence could not be gathered.
@@ -48,8 +48,9 @@ pub(crate) struct VerifyArgs {
     #[arg(long = "access-log", value_name = "FILE")]
     access_log: Vec<PathBuf>,
 
-    /// Capture packets for this many seconds (tcpdump) and check that payloads between pods
-    /// are TLS records, not plaintext.
+    /// Capture packets for this many seconds and check that payloads between pods are TLS
+    /// records, not plaintext. Needs CAP_NET_RAW in the user namespace owning each captured
+    /// network namespace: root, or root of that user namespace.
     #[arg(long, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     capture: Option<u64>,
@@ -126,10 +127,12 @@ pub(crate) fn run(mut args: VerifyArgs) -> anyhow::Result<()> {
         Some(seconds) => {
             let (dir, captured) = run_captures(&args, Duration::from_secs(seconds))?;
             for summary in &captured {
-                if let Some(dropped) = summary.dropped_by_kernel.filter(|d| *d > 0) {
+                if summary.truncated > 0 {
                     warnings.push(format!(
-                        "tcpdump on {} dropped {dropped} packets",
-                        summary.what
+                        "capture on {}: {} packet(s) longer than {} bytes were cut to that length",
+                        summary.what,
+                        summary.truncated,
+                        capture::SNAP_LEN
                     ));
                 }
                 files.push(summary.output.clone());
@@ -191,7 +194,7 @@ pub(crate) fn run(mut args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one tcpdump per namespace for `duration`; the directory holding the files (kept alive
+/// Runs one capture per namespace for `duration`; the directory holding the files (kept alive
 /// by the caller if temporary) and what each wrote.
 fn run_captures(
     args: &VerifyArgs,
@@ -230,8 +233,13 @@ fn run_captures(
         if let Some(path) = ns {
             spec = spec.in_netns_at(path)?;
         }
-        eprintln!("capturing TCP on {} for {duration:?}", spec.describe());
-        running.push(capture::start(spec)?);
+        let what = spec.describe();
+        let capture = capture::start(spec)?;
+        eprintln!(
+            "capturing TCP on {what} for {duration:?} (kernel receive buffer {} KiB)",
+            capture.receive_buffer() / 1024
+        );
+        running.push(capture);
     }
     std::thread::sleep(duration);
     let summaries = running

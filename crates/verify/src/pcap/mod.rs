@@ -1,8 +1,9 @@
-//! A reader for classic libpcap files (what `tcpdump -w` writes), down to TCP segments.
+//! Classic libpcap files (what `tcpdump -w` and [`crate::capture`] write): a reader down to TCP
+//! segments, and a [`Writer`].
 //!
 //! Both byte orders and both timestamp resolutions (micro- and nanosecond magic) are read. Link
 //! types: Ethernet (1, also what Linux loopback captures carry), Linux cooked captures SLL (113)
-//! and SLL2 (276, `tcpdump -i any`), and raw IP (101, 228, 229). Each packet is decoded through
+//! and SLL2 (276, `tcpdump -i any`), and raw IP (101, what [`crate::capture`] writes; 228, 229). Each packet is decoded through
 //! IPv4 or IPv6 (with the extension-header chain) to TCP (the `decode` submodule).
 //!
 //! Invariants:
@@ -16,6 +17,7 @@
 mod decode;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use decode::DecodeError;
+pub use write::Writer;
 
 /// Length of the file header.
 const FILE_HEADER_LEN: usize = 24;

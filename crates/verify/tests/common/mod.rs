@@ -11,7 +11,7 @@ use ambit_netns::Netns;
 use ambit_verify::flows::{self, Flow};
 use ambit_verify::pcap;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -33,7 +33,7 @@ pub(crate) fn ip(netns: &Netns, args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {out:?}");
 }
 
-pub(crate) fn listener(netns: &Netns, addr: SocketAddr) -> TcpListener {
+fn listener(netns: &Netns, addr: SocketAddr) -> TcpListener {
     let std = netns
         .run_io(move || {
             let l = std::net::TcpListener::bind(addr)?;
@@ -45,13 +45,13 @@ pub(crate) fn listener(netns: &Netns, addr: SocketAddr) -> TcpListener {
 }
 
 /// Connects from `from` (any port) to `to`, with the socket made inside `netns`.
-pub(crate) async fn connect(netns: &Netns, from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+async fn connect(netns: &Netns, from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let socket = netns.run_io(TcpSocket::new_v4).unwrap();
     socket.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
     socket.connect(to).await.unwrap()
 }
 
-pub(crate) fn tls_configs() -> (TlsAcceptor, TlsConnector) {
+fn tls_configs() -> (TlsAcceptor, TlsConnector) {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key = rcgen::generate_simple_self_signed(vec!["verify.test".to_owned()]).unwrap();
     let cert: CertificateDer<'static> = key.cert.der().clone();
@@ -78,60 +78,68 @@ pub(crate) fn tls_configs() -> (TlsAcceptor, TlsConnector) {
 /// One end of an exchange: an address and the namespace holding it.
 pub(crate) type End<'a> = (&'a Netns, Ipv4Addr);
 
-/// client → server:15008 in plaintext: a request naming the metric, an echo back.
-pub(crate) async fn plaintext_exchange(
+/// client → server:15008 in plaintext: a request naming the metric, echoed back.
+pub(crate) async fn plaintext_exchange(client: End<'_>, server: End<'_>) {
+    let request = format!("GET /stats/prometheus HTTP/1.0\r\n\r\n{NEEDLE}{{}} 42\n");
+    echo_exchange(client, server, None, request.as_bytes()).await;
+}
+
+/// client → server:15008 over TLS 1.3, carrying the same metric name inside, echoed back.
+pub(crate) async fn tls_exchange(client: End<'_>, server: End<'_>) {
+    let secret = format!("{NEEDLE}{{reporter=\"destination\"}} 42\n").repeat(50);
+    echo_exchange(client, server, Some(tls_configs()), secret.as_bytes()).await;
+}
+
+/// One connection to an echo server on `server`:15008: `message` sent, read back whole, both
+/// ends closed; over TLS when `tls` is given.
+async fn echo_exchange(
     (client_ns, client): End<'_>,
     (server_ns, server_ip): End<'_>,
+    tls: Option<(TlsAcceptor, TlsConnector)>,
+    message: &[u8],
 ) {
-    let server = listener(server_ns, SocketAddr::new(IpAddr::V4(server_ip), HBONE));
+    let (acceptor, connector) = tls.unzip();
+    let to = SocketAddr::new(IpAddr::V4(server_ip), HBONE);
+    let server = listener(server_ns, to);
+    let len = message.len();
     let serve = tokio::spawn(async move {
-        let (mut s, _) = server.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        s.write_all(&buf[..n]).await.unwrap();
-        s.shutdown().await.unwrap();
+        let (tcp, _) = server.accept().await.unwrap();
+        match acceptor {
+            Some(acceptor) => echo(acceptor.accept(tcp).await.unwrap(), len).await,
+            None => echo(tcp, len).await,
+        }
     });
-    let mut c = connect(
-        client_ns,
-        client,
-        SocketAddr::new(IpAddr::V4(server_ip), HBONE),
-    )
-    .await;
-    let request = format!("GET /stats/prometheus HTTP/1.0\r\n\r\n{NEEDLE}{{}} 42\n");
-    c.write_all(request.as_bytes()).await.unwrap();
-    let mut echoed = Vec::new();
-    c.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, request.as_bytes());
+    let tcp = connect(client_ns, client, to).await;
+    let echoed = match connector {
+        Some(connector) => {
+            let name = ServerName::try_from("verify.test").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            send_and_read_back(tls, message).await
+        }
+        None => send_and_read_back(tcp, message).await,
+    };
+    assert_eq!(echoed, message);
     serve.await.unwrap();
 }
 
-/// client → server:15008 over TLS 1.3, carrying the same metric name inside.
-pub(crate) async fn tls_exchange((client_ns, client): End<'_>, (server_ns, server_ip): End<'_>) {
-    let (acceptor, connector) = tls_configs();
-    let server = listener(server_ns, SocketAddr::new(IpAddr::V4(server_ip), HBONE));
-    let serve = tokio::spawn(async move {
-        let (s, _) = server.accept().await.unwrap();
-        let mut tls = acceptor.accept(s).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = tls.read(&mut buf).await.unwrap();
-        tls.write_all(&buf[..n]).await.unwrap();
-        tls.shutdown().await.unwrap();
-    });
-    let tcp = connect(
-        client_ns,
-        client,
-        SocketAddr::new(IpAddr::V4(server_ip), HBONE),
-    )
-    .await;
-    let name = ServerName::try_from("verify.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let secret = format!("{NEEDLE}{{reporter=\"destination\"}} 42\n").repeat(50);
-    tls.write_all(secret.as_bytes()).await.unwrap();
-    let mut echoed = vec![0u8; secret.len()];
-    tls.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(echoed, secret.as_bytes());
-    tls.shutdown().await.unwrap();
-    serve.await.unwrap();
+/// Reads `len` bytes, writes them back, closes.
+async fn echo(mut stream: impl AsyncRead + AsyncWrite + Unpin, len: usize) {
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await.unwrap();
+    stream.write_all(&buf).await.unwrap();
+    stream.shutdown().await.unwrap();
+}
+
+/// Writes `message`, reads until the peer closes, closes too.
+async fn send_and_read_back(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    message: &[u8],
+) -> Vec<u8> {
+    stream.write_all(message).await.unwrap();
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).await.unwrap();
+    stream.shutdown().await.unwrap();
+    echoed
 }
 
 /// The flows in the file so far, once `expected` of them are closed both ways.

@@ -284,17 +284,13 @@ fn print_endpoints(mesh: &LocalMesh) {
         }
     }
     if std::env::var_os(ambit_localmesh::userns::MARKER).is_some() {
-        // tcpdump cannot run as root inside a user namespace made without newuidmap (it
-        // insists on setgroups, which such a namespace denies).
-        println!(
-            "  # packet capture (ambit verify --capture) needs a demo run as root; from metrics:"
+        // The pods' namespaces belong to this run's user namespace: capturing in them needs
+        // its root, which the same user becomes by joining it (the network stays the host's,
+        // where the node proxies' admin ports listen).
+        verify = format!(
+            "nsenter --user --preserve-credentials --target {} {verify}",
+            std::process::id()
         );
-        verify = verify
-            .split(" --admin")
-            .skip(1)
-            .fold("ambit verify".to_owned(), |acc, part| {
-                acc + " --admin" + part
-            });
     }
     println!("  {verify}");
 }
