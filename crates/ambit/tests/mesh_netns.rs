@@ -10,11 +10,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambit_localmesh::workloads::{self, EXPORTER_METRIC};
+use ambit_localmesh::workloads::{self, EXPORTER_METRIC, Tally};
 use ambit_localmesh::{Cluster, LocalMesh, Namespace, Options, Pod};
 use ambit_netns::Netns;
+use tokio::task::JoinHandle;
 
 const PROMETHEUS_ID: &str = "spiffe://cluster.local/ns/prometheus/sa/prometheus-0";
 const EXPORTER_ID: &str = "spiffe://cluster.local/ns/prometheus/sa/node-exporter";
@@ -74,6 +76,35 @@ fn netns(mesh: &LocalMesh, key: &str) -> Netns {
     mesh.topology().pod(key).unwrap().netns().clone()
 }
 
+/// Serves `/metrics` from the node-exporter pod on port 9100 until the test's runtime ends;
+/// returns its address.
+fn serve_exporter(mesh: &LocalMesh, n: u8) -> SocketAddr {
+    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
+    workloads::serve_metrics(&netns(mesh, "prometheus/node-exporter"), exporter).unwrap();
+    exporter
+}
+
+/// Serves echo on `addr` from pod `key` until the test's runtime ends.
+fn serve_echo(mesh: &LocalMesh, key: &str, addr: SocketAddr) {
+    workloads::serve_echo(&netns(mesh, key), addr).unwrap();
+}
+
+/// Sends a line to the echo server at `server` from pod `key` every 200 ms.
+fn echo_from(mesh: &LocalMesh, key: &str, server: SocketAddr) -> (Arc<Tally>, JoinHandle<()>) {
+    workloads::echo_every(netns(mesh, key), server, Duration::from_millis(200))
+}
+
+/// Waits until `tally` counts at least `ok` successful exchanges.
+fn wait_for_ok(what: &str, timeout: Duration, tally: &Tally, ok: u64) {
+    eventually(what, timeout, || {
+        if tally.ok() >= ok {
+            Ok(())
+        } else {
+            Err(format!("{} ok, {:?}", tally.ok(), tally.last_error()))
+        }
+    });
+}
+
 fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -108,8 +139,8 @@ impl Capture {
     fn start(mesh: &LocalMesh, dir: &std::path::Path) -> Self {
         let spec = ambit_verify::capture::CaptureSpec::tcp("any", dir.join("wire.pcap"))
             .in_netns(mesh.topology().wire().clone(), "wire");
-        // Returns once tcpdump says it is listening.
-        Self(ambit_verify::capture::start(spec).expect("tcpdump (apt-get install tcpdump)"))
+        // From the return on, every frame on the wire is queued for the file.
+        Self(ambit_verify::capture::start(spec).expect("a packet socket in the wire namespace"))
     }
 
     /// Stops and returns the captured TCP flows.
@@ -132,9 +163,7 @@ fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
     let (mesh, dir) = mesh(n, &["node-a", "node-b"], seed_cluster(n, "node-b"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
-    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
-    let _server =
-        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let exporter = serve_exporter(&mesh, n);
     let capture = Capture::start(&mesh, dir.path());
 
     // Debian's real Prometheus, inside the enrolled pod, scraping every second.
@@ -259,20 +288,10 @@ fn a_namespace_outside_the_mesh_stays_plaintext_and_untouched() {
     assert!(captured(&netns(&mesh, "prometheus/prometheus-0")));
 
     let server = SocketAddr::from((Ipv4Addr::new(10, n, 2, 2), 8080));
-    let _echo = workloads::serve_echo(&netns(&mesh, "default/server"), server).unwrap();
+    serve_echo(&mesh, "default/server", server);
     let capture = Capture::start(&mesh, dir.path());
-    let (tally, task) = workloads::echo_every(
-        netns(&mesh, "default/client"),
-        server,
-        Duration::from_millis(200),
-    );
-    eventually("plaintext echoes", Duration::from_secs(10), || {
-        if tally.ok() >= 3 {
-            Ok(())
-        } else {
-            Err(format!("{} ok, {:?}", tally.ok(), tally.last_error()))
-        }
-    });
+    let (tally, task) = echo_from(&mesh, "default/client", server);
+    wait_for_ok("plaintext echoes", Duration::from_secs(10), &tally, 3);
     task.abort();
     let wire = capture.stop();
     assert!(
@@ -300,7 +319,7 @@ fn a_running_pod_is_enrolled_by_label_and_opted_out_without_restart() {
     let client = netns(&mesh, "default/client");
     let inode = client.inode();
     let server = SocketAddr::from((Ipv4Addr::new(10, n, 2, 2), 8080));
-    let _echo = workloads::serve_echo(&netns(&mesh, "default/server"), server).unwrap();
+    serve_echo(&mesh, "default/server", server);
 
     mesh.relabel(|c| {
         c.namespace_mut("default")
@@ -323,7 +342,7 @@ fn a_running_pod_is_enrolled_by_label_and_opted_out_without_restart() {
         inode,
         "same pod, not restarted"
     );
-    let (tally, task) = workloads::echo_every(client.clone(), server, Duration::from_millis(200));
+    let (tally, task) = echo_from(&mesh, "default/client", server);
     eventually("echoes over mutual TLS", Duration::from_secs(20), || {
         let text = mesh.metrics("node-a").map_err(|e| e.to_string())?;
         let m = metric(
@@ -373,9 +392,7 @@ fn a_node_proxy_restart_refuses_rather_than_leaks_and_then_recovers() {
     let (mut mesh, dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
-    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
-    let _server =
-        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let exporter = serve_exporter(&mesh, n);
     let prom = netns(&mesh, "prometheus/prometheus-0");
 
     mesh.restart_proxy("node-a", false).unwrap();
@@ -395,16 +412,11 @@ fn a_node_proxy_restart_refuses_rather_than_leaks_and_then_recovers() {
     );
 
     mesh.restart_proxy("node-a", true).unwrap();
-    eventually(
+    wait_for_ok(
         "scrapes work after the restart",
         Duration::from_secs(20),
-        || {
-            if tally.ok() >= 1 {
-                Ok(())
-            } else {
-                Err(format!("{:?}", tally.last_error()))
-            }
-        },
+        &tally,
+        1,
     );
     task.abort();
 }
@@ -457,17 +469,9 @@ fn strict_peer_authentication_refuses_plaintext_from_outside_the_mesh() {
     // An enrolled server, reached in plaintext by the unenrolled client (through the server
     // pod's 15006) and over HBONE by the enrolled prometheus-0.
     let server = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 8080));
-    let _echo = workloads::serve_echo(&netns(&mesh, "prometheus/node-exporter"), server).unwrap();
-    let (outside, outside_task) = workloads::echo_every(
-        netns(&mesh, "default/client"),
-        server,
-        Duration::from_millis(200),
-    );
-    let (inside, inside_task) = workloads::echo_every(
-        netns(&mesh, "prometheus/prometheus-0"),
-        server,
-        Duration::from_millis(200),
-    );
+    serve_echo(&mesh, "prometheus/node-exporter", server);
+    let (outside, outside_task) = echo_from(&mesh, "default/client", server);
+    let (inside, inside_task) = echo_from(&mesh, "prometheus/prometheus-0", server);
     eventually("PERMISSIVE accepts both", Duration::from_secs(15), || {
         if outside.ok() >= 2 && inside.ok() >= 2 {
             Ok(())
@@ -565,9 +569,7 @@ fn verify_passes_on_the_mesh_and_fails_on_a_pod_whose_capture_was_removed() {
     let (mesh, _dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
-    let exporter = SocketAddr::from((Ipv4Addr::new(10, n, 1, 2), 9100));
-    let _server =
-        workloads::serve_metrics(&netns(&mesh, "prometheus/node-exporter"), exporter).unwrap();
+    let exporter = serve_exporter(&mesh, n);
     let prom = netns(&mesh, "prometheus/prometheus-0");
     let (tally, task) = workloads::scrape_every(prom.clone(), exporter, Duration::from_millis(100));
 
@@ -585,13 +587,13 @@ fn verify_passes_on_the_mesh_and_fails_on_a_pod_whose_capture_was_removed() {
     nft.args(["delete", "table", "inet", "ambit"]);
     assert!(prom.output(nft).unwrap().status.success());
     let before = tally.ok();
-    eventually("plaintext scrapes", Duration::from_secs(10), || {
-        if tally.ok() > before + 2 {
-            Ok(())
-        } else {
-            Err(format!("{:?}", tally.last_error()))
-        }
-    });
+    // Three more succeed, with the client pod's rules gone.
+    wait_for_ok(
+        "plaintext scrapes",
+        Duration::from_secs(10),
+        &tally,
+        before + 3,
+    );
     let (ok, out) = verify(&mesh, 2);
     assert!(
         !ok,

@@ -141,23 +141,11 @@ pub fn scrape_every(
     target: SocketAddr,
     period: Duration,
 ) -> (Arc<Tally>, JoinHandle<()>) {
-    let tally = Arc::new(Tally::default());
-    let counts = tally.clone();
-    let task = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        loop {
-            ticks.tick().await;
-            let result = tokio::time::timeout(EXCHANGE_TIMEOUT, scrape(&netns, target))
-                .await
-                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "scrape")));
-            counts.record(result);
-        }
-    });
-    (tally, task)
+    every(period, "scrape", move |_| scrape(netns.clone(), target))
 }
 
-async fn scrape(netns: &Netns, target: SocketAddr) -> io::Result<()> {
-    let mut stream = connect_in(netns, target).await?;
+async fn scrape(netns: Netns, target: SocketAddr) -> io::Result<()> {
+    let mut stream = connect_in(&netns, target).await?;
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut body = String::new();
@@ -201,26 +189,13 @@ pub fn echo_every(
     target: SocketAddr,
     period: Duration,
 ) -> (Arc<Tally>, JoinHandle<()>) {
-    let tally = Arc::new(Tally::default());
-    let counts = tally.clone();
-    let task = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        let mut sent = 0u64;
-        loop {
-            ticks.tick().await;
-            sent += 1;
-            let line = format!("hello {sent}\n");
-            let result = tokio::time::timeout(EXCHANGE_TIMEOUT, echo(&netns, target, &line))
-                .await
-                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "echo")));
-            counts.record(result);
-        }
-    });
-    (tally, task)
+    every(period, "echo", move |sent| {
+        echo(netns.clone(), target, format!("hello {sent}\n"))
+    })
 }
 
-async fn echo(netns: &Netns, target: SocketAddr, line: &str) -> io::Result<()> {
-    let stream = connect_in(netns, target).await?;
+async fn echo(netns: Netns, target: SocketAddr, line: String) -> io::Result<()> {
+    let stream = connect_in(&netns, target).await?;
     let (read, mut write) = stream.into_split();
     write.write_all(line.as_bytes()).await?;
     let mut answer = String::new();
@@ -232,4 +207,33 @@ async fn echo(netns: &Netns, target: SocketAddr, line: &str) -> io::Result<()> {
             "echoed {answer:?}, sent {line:?}"
         )))
     }
+}
+
+/// Runs `exchange(n)` every `period`, n counting from 1, until the task is aborted; each
+/// exchange is given [`EXCHANGE_TIMEOUT`] (past it, a failure named `label`) and its outcome
+/// goes into the returned tally.
+fn every<F, Fut>(
+    period: Duration,
+    label: &'static str,
+    mut exchange: F,
+) -> (Arc<Tally>, JoinHandle<()>)
+where
+    F: FnMut(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<()>> + Send,
+{
+    let tally = Arc::new(Tally::default());
+    let counts = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        let mut n = 0u64;
+        loop {
+            ticks.tick().await;
+            n += 1;
+            let result = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(n))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, label)));
+            counts.record(result);
+        }
+    });
+    (tally, task)
 }

@@ -5,14 +5,15 @@
 //! plus on-demand names), and `IstioCertificateService/CreateCertificate` naming each workload
 //! identity in `ImpersonatedIdentity`. Both carry the node's bearer token, read from its file
 //! on every (re)connect so a rotated token is picked up.
+//!
+//! [`channel`] and [`bearer_token`] serve the capture agent's command too, which follows the same
+//! control plane.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ambit_identity::grpc::{CaClient, ChannelError, plaintext_channel, tls_channel};
 use ambit_identity::tls::{TlsError, control_plane_client_config};
-use ambit_proto::envoy::config::core::v3::Node;
-use ambit_xds::client::{ClientConfig, ClientHandle, Subscription, XdsClient};
-use prost_types::{Struct, Value, value::Kind};
+use ambit_xds::client::{ClientConfig, ClientHandle, Subscription, XdsClient, ztunnel_node};
 use tonic::transport::Channel;
 
 use crate::certs::{RootsError, read_roots};
@@ -34,7 +35,7 @@ pub enum ControlError {
 }
 
 /// A lazily connecting channel to `endpoint`.
-pub(crate) fn channel(endpoint: &ControlPlaneEndpoint) -> Result<Channel, ControlError> {
+pub fn channel(endpoint: &ControlPlaneEndpoint) -> Result<Channel, ControlError> {
     Ok(match &endpoint.tls {
         None => plaintext_channel(&endpoint.addr)?,
         Some(tls) => {
@@ -45,12 +46,13 @@ pub(crate) fn channel(endpoint: &ControlPlaneEndpoint) -> Result<Channel, Contro
     })
 }
 
-/// A token source reading `path` afresh on every call; `None` when unreadable or empty.
-pub(crate) fn token_reader(path: Option<PathBuf>) -> impl Fn() -> Option<String> + Send + Sync {
-    move || {
-        let path = path.as_deref()?;
-        read_token(path)
-    }
+/// The bearer token for `endpoint`, read afresh from its token file on every call (projected
+/// tokens rotate); `None` when unreadable or empty, and always over plaintext.
+pub fn bearer_token(
+    endpoint: &ControlPlaneEndpoint,
+) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+    let path = endpoint.tls.as_ref().map(|tls| tls.token_file.clone());
+    move || read_token(path.as_deref()?)
 }
 
 fn read_token(path: &Path) -> Option<String> {
@@ -65,13 +67,12 @@ fn read_token(path: &Path) -> Option<String> {
 
 /// The CA client of `endpoint` (which must use TLS).
 pub(crate) fn ca_client(endpoint: &ControlPlaneEndpoint) -> Result<CaClient, ControlError> {
-    let Some(tls) = &endpoint.tls else {
+    if endpoint.tls.is_none() {
         return Err(ControlError::CaNeedsTls {
             addr: endpoint.addr.clone(),
         });
-    };
-    let token = token_reader(Some(tls.token_file.clone()));
-    Ok(CaClient::new(channel(endpoint)?, token))
+    }
+    Ok(CaClient::new(channel(endpoint)?, bearer_token(endpoint)))
 }
 
 /// Starts the WDS client feeding `handler`.
@@ -81,34 +82,13 @@ pub(crate) fn start_wds(
     handler: WdsHandler,
 ) -> Result<ClientHandle, ControlError> {
     let channel = channel(endpoint)?;
-    let client_config = ClientConfig::new(node(config))
+    // ztunnel's shape, so a stock istiod serves WDS to it; the node's name stands for the pod's.
+    let node = ztunnel_node(&config.node_name, &config.node_name, &config.cluster_id);
+    let client_config = ClientConfig::new(node)
         .subscribe(ambit_proto::ADDRESS_TYPE_URL, Subscription::Wildcard)
         .subscribe(ambit_proto::AUTHORIZATION_TYPE_URL, Subscription::Wildcard);
     let connect = move || std::future::ready(Ok(channel.clone()));
-    let token = token_reader(endpoint.tls.as_ref().map(|t| t.token_file.clone()));
     Ok(XdsClient::new(connect, client_config, handler)
-        .with_bearer_token(token)
+        .with_bearer_token(bearer_token(endpoint))
         .start())
-}
-
-/// The xDS `Node` of this proxy, in ztunnel's shape so istiod recognises it.
-fn node(config: &NodeConfig) -> Node {
-    let text = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
-    Node {
-        id: format!(
-            "ztunnel~0.0.0.0~{}.istio-system~istio-system.svc.cluster.local",
-            config.node_name
-        ),
-        cluster: config.cluster_id.clone(),
-        metadata: Some(Struct {
-            fields: [
-                ("NODE_NAME".to_owned(), text(&config.node_name)),
-                ("CLUSTER_ID".to_owned(), text(&config.cluster_id)),
-            ]
-            .into(),
-        }),
-        ..Node::default()
-    }
 }

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambit_identity::TrustDomain;
+use ambit_netns::Netns;
 use ambit_node::NodeProxy;
 use ambit_node::config::{
     CertificateSource, ConfigSource, InPodConfig, ListenerConfig, NodeConfig,
@@ -23,7 +24,8 @@ use ambit_node::config::{
 use ambit_node::inpod::{InPodStatus, PodState};
 use ambit_testkit::eventually;
 use common::metric;
-use netns_pods::{A_IP, Agent, B_IP, MARK, connect_from, echo_app, roundtrip, two_pods};
+use netns_pods::{A_IP, Agent, AgentConn, B_IP, MARK, connect_from, echo_app, roundtrip, two_pods};
+use tempfile::TempDir;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
@@ -60,6 +62,41 @@ async fn start_proxy(dir: &Path, zds: &Path) -> NodeProxy {
     NodeProxy::start(config).await.unwrap()
 }
 
+/// An in-pod node proxy and the test's capture agent, with the agent's first ZDS connection.
+/// Fields in reverse order of setup: they are dropped in declaration order, so this way round
+/// the connection goes first and the folder last.
+struct InPod {
+    zds: AgentConn,
+    proxy: NodeProxy,
+    agent: Agent,
+    /// Holds the ZDS socket, the mesh file and the CA.
+    _dir: TempDir,
+}
+
+impl InPod {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::bind(&dir.path().join("zds.sock"));
+        let proxy = start_proxy(dir.path(), &dir.path().join("zds.sock")).await;
+        let zds = agent.accept().await;
+        Self {
+            zds,
+            proxy,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    /// Pods "client" (in the first namespace) and "server" (the second), both added over ZDS.
+    async fn with_two_pods() -> (Netns, Netns, Self) {
+        let (a, b) = two_pods();
+        let inpod = Self::start().await;
+        assert_eq!(inpod.zds.add("client", &a).await, "");
+        assert_eq!(inpod.zds.add("server", &b).await, "");
+        (a, b, inpod)
+    }
+}
+
 fn pod<'a>(pods: &'a [InPodStatus], name: &str) -> Option<&'a InPodStatus> {
     pods.iter().find(|p| p.info.name == name)
 }
@@ -88,13 +125,8 @@ fn mtls_count(proxy: &NodeProxy, name: &str, reporter: &str) -> u64 {
 
 #[tokio::test]
 async fn a_pod_reaches_another_over_hbone_from_inside_their_namespaces() {
-    let (a, b) = two_pods();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::bind(&dir.path().join("zds.sock"));
-    let proxy = start_proxy(dir.path(), &dir.path().join("zds.sock")).await;
-    let zds = agent.accept().await;
-    assert_eq!(zds.add("client", &a).await, "");
-    assert_eq!(zds.add("server", &b).await, "");
+    let (a, b, inpod) = InPod::with_two_pods().await;
+    let proxy = &inpod.proxy;
     assert_eq!(proxy.zds_connected(), Some(true));
     let pods = proxy.inpod_pods();
     let (client, server) = (pod(&pods, "client").unwrap(), pod(&pods, "server").unwrap());
@@ -127,12 +159,12 @@ async fn a_pod_reaches_another_over_hbone_from_inside_their_namespaces() {
     // Both halves of the proxy carried it as mutual TLS between the pods' identities.
     for reporter in ["source", "destination"] {
         eventually!(
-            observe = mtls_count(&proxy, "istio_tcp_connections_closed_total", reporter),
+            observe = mtls_count(proxy, "istio_tcp_connections_closed_total", reporter),
             |n| n == 1
         );
         assert_eq!(
-            mtls_count(&proxy, "istio_tcp_received_bytes_total", reporter)
-                + mtls_count(&proxy, "istio_tcp_sent_bytes_total", reporter),
+            mtls_count(proxy, "istio_tcp_received_bytes_total", reporter)
+                + mtls_count(proxy, "istio_tcp_sent_bytes_total", reporter),
             2 * 16,
             "{reporter} counted the bytes both ways"
         );
@@ -180,13 +212,8 @@ async fn a_pod_reaches_another_over_hbone_from_inside_their_namespaces() {
 
 #[tokio::test]
 async fn deleting_a_pod_closes_its_listeners() {
-    let (a, b) = two_pods();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::bind(&dir.path().join("zds.sock"));
-    let proxy = start_proxy(dir.path(), &dir.path().join("zds.sock")).await;
-    let zds = agent.accept().await;
-    assert_eq!(zds.add("client", &a).await, "");
-    assert_eq!(zds.add("server", &b).await, "");
+    let (a, b, inpod) = InPod::with_two_pods().await;
+    let InPod { proxy, zds, .. } = &inpod;
     let _app = echo_app(&b, 8080);
     let server_addr = SocketAddr::from((B_IP, 8080));
     let hbone = SocketAddr::from((B_IP, 15008));
@@ -197,7 +224,7 @@ async fn deleting_a_pod_closes_its_listeners() {
     drop(connect_from(&a, hbone, Some(MARK)).await.unwrap());
 
     assert_eq!(zds.del("server").await, "");
-    assert_eq!(names(&proxy), ["client"]);
+    assert_eq!(names(proxy), ["client"]);
     // The Ack came after the listeners closed: nothing answers on the server's 15008 now.
     let refused = connect_from(&a, hbone, Some(MARK)).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -218,18 +245,13 @@ async fn deleting_a_pod_closes_its_listeners() {
     // Deletion is idempotent.
     assert_eq!(zds.del("server").await, "");
     assert_eq!(zds.del("nobody").await, "");
-    assert_eq!(names(&proxy), ["client"]);
+    assert_eq!(names(proxy), ["client"]);
 }
 
 #[tokio::test]
 async fn after_a_reconnection_the_snapshot_forgets_pods_it_does_not_name() {
-    let (a, b) = two_pods();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::bind(&dir.path().join("zds.sock"));
-    let proxy = start_proxy(dir.path(), &dir.path().join("zds.sock")).await;
-    let zds = agent.accept().await;
-    assert_eq!(zds.add("client", &a).await, "");
-    assert_eq!(zds.add("server", &b).await, "");
+    let (a, b, inpod) = InPod::with_two_pods().await;
+    let (agent, proxy) = (&inpod.agent, &inpod.proxy);
     let client_before = pod(&proxy.inpod_pods(), "client").unwrap().clone();
     let _server_app = echo_app(&b, 8080);
     let _client_app = echo_app(&a, 9090);
@@ -239,9 +261,9 @@ async fn after_a_reconnection_the_snapshot_forgets_pods_it_does_not_name() {
     );
 
     // The agent goes away: both pods keep being served.
-    drop(zds);
+    drop(inpod.zds);
     eventually!(proxy.zds_connected() == Some(false));
-    assert_eq!(names(&proxy), ["client", "server"]);
+    assert_eq!(names(proxy), ["client", "server"]);
     assert_eq!(
         roundtrip(&a, server_addr, None, b"while away")
             .await
@@ -266,7 +288,7 @@ async fn after_a_reconnection_the_snapshot_forgets_pods_it_does_not_name() {
         "the same pod in the same namespace is not rebound"
     );
     assert_eq!(zds.snapshot_sent().await, "");
-    assert_eq!(names(&proxy), ["client"]);
+    assert_eq!(names(proxy), ["client"]);
     let refused = connect_from(&a, (B_IP, 15008).into(), Some(MARK))
         .await
         .unwrap_err();
@@ -286,10 +308,8 @@ async fn after_a_reconnection_the_snapshot_forgets_pods_it_does_not_name() {
 #[tokio::test]
 async fn bad_requests_get_an_error_ack_and_the_stream_goes_on() {
     let pod_ns = netns_pods::namespace();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::bind(&dir.path().join("zds.sock"));
-    let proxy = start_proxy(dir.path(), &dir.path().join("zds.sock")).await;
-    let zds = agent.accept().await;
+    let inpod = InPod::start().await;
+    let InPod { proxy, zds, .. } = &inpod;
 
     let corrupt = zds.send_raw(&[0xff, 0xff, 0xff, 0xff], &[]).await;
     assert!(corrupt.contains("undecodable WorkloadRequest"), "{corrupt}");

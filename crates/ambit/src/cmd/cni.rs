@@ -25,6 +25,8 @@ use ambit_capture::{
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::cmd::control_plane::ControlPlaneArgs;
+
 /// How long the agent waits for the control plane's first answer before taking plugin events
 /// anyway. Until then a pod's ADD fails with "try again later" and the runtime retries it, so
 /// pods do not start uncaptured; past it, the control plane being down must not stop every
@@ -72,29 +74,8 @@ struct AgentArgs {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
 
-    /// Control plane WDS address (`host:port`).
-    #[arg(
-        long,
-        env = "XDS_ADDRESS",
-        default_value = "istiod.istio-system.svc:15012"
-    )]
-    xds_address: String,
-
-    /// Speak plaintext to the WDS address (a control plane's loopback port 15010).
-    #[arg(long)]
-    xds_plaintext: bool,
-
-    /// Bearer token presented to the control plane (re-read on every connect).
-    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
-    token_file: PathBuf,
-
-    /// Mesh root certificate, to verify the control plane's TLS certificate.
-    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
-    root_cert: PathBuf,
-
-    /// TLS name of the control plane; defaults to the host part of the address.
-    #[arg(long)]
-    server_name: Option<String>,
+    #[command(flatten)]
+    control_plane: ControlPlaneArgs,
 
     /// Write the redirection rules with nft (the default when nft is installed).
     #[arg(long, conflicts_with = "iptables")]
@@ -187,20 +168,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             node_name: node_name.clone(),
             cluster_id: args.cluster_id.clone(),
         });
-        let addr = &args.xds_address;
-        let channel = if args.xds_plaintext {
-            ambit_identity::grpc::plaintext_channel(addr).context("control plane address")?
-        } else {
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
-            let server_name = args.server_name.as_deref().unwrap_or(host);
-            let roots =
-                ambit_node::certs::read_roots(&args.root_cert).context("mesh root certificates")?;
-            let tls = ambit_identity::tls::control_plane_client_config(&roots)
-                .context("TLS towards the control plane")?;
-            ambit_identity::grpc::tls_channel(addr, server_name, tls)
-                .context("control plane address")?
-        };
-        let wds = enrollment.start(channel, token_reader(&args));
+        // The same channel and token as the node proxy's.
+        let control_plane = args.control_plane.wds();
+        let channel = ambit_node::control::channel(&control_plane)?;
+        let wds = enrollment.start(channel, ambit_node::control::bearer_token(&control_plane));
         let mut config = AgentConfig::new(
             &args.state_dir,
             ZdsConfig::new(&args.zds_socket),
@@ -301,22 +272,6 @@ async fn wait_for_sync(enrollment: &WdsEnrollment) {
             wait = ?ENROLLMENT_SYNC_WAIT,
             "no enrollment from the control plane yet; taking pod events anyway (pods are captured once it answers)"
         );
-    }
-}
-
-/// The bearer token, read afresh on every connect (projected tokens rotate); none in plaintext.
-fn token_reader(args: &AgentArgs) -> impl Fn() -> Option<String> + Send + Sync + 'static {
-    let path = (!args.xds_plaintext).then(|| args.token_file.clone());
-    move || read_token(path.as_deref()?)
-}
-
-fn read_token(path: &Path) -> Option<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Some(text.trim().to_owned()).filter(|t| !t.is_empty()),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the bearer token");
-            None
-        }
     }
 }
 

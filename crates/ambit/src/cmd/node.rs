@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use ambit_identity::TrustDomain;
 use ambit_node::admin::{self, Admin, LogControl};
-use ambit_node::config::{
-    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, InPodConfig,
-    ListenerConfig,
-};
+use ambit_node::config::{CertificateSource, ConfigSource, InPodConfig, ListenerConfig};
 use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
 use ambit_node::{NodeConfig, NodeProxy};
 use anyhow::Context;
 use clap::Args;
 
 use crate::cmd::control::{Listen, parse_addr};
+use crate::cmd::control_plane::ControlPlaneArgs;
 use crate::logging::LogHandle;
 
 #[derive(Debug, Args)]
@@ -34,21 +32,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: TrustDomain,
 
-    /// Control plane WDS address (`host:port`).
-    #[arg(
-        long,
-        env = "XDS_ADDRESS",
-        default_value = "istiod.istio-system.svc:15012"
-    )]
-    xds_address: String,
+    #[command(flatten)]
+    control_plane: ControlPlaneArgs,
 
     /// Control plane CA address (`host:port`); defaults to the WDS address.
     #[arg(long, env = "CA_ADDRESS")]
     ca_address: Option<String>,
-
-    /// Speak plaintext to the WDS address (a control plane's loopback port 15010).
-    #[arg(long)]
-    xds_plaintext: bool,
 
     /// Sign workload certificates with a local CA directory instead of the control plane's CA.
     #[arg(long, conflicts_with = "ca_address")]
@@ -57,18 +46,6 @@ pub(crate) struct NodeArgs {
     /// Serve a static file of workloads and services instead of following a control plane.
     #[arg(long)]
     local_config: Option<PathBuf>,
-
-    /// Bearer token presented to the control plane (re-read on every use).
-    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
-    token_file: PathBuf,
-
-    /// Mesh root certificate, to verify the control plane's TLS certificate.
-    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
-    root_cert: PathBuf,
-
-    /// TLS name of the control plane; defaults to the host part of the address.
-    #[arg(long)]
-    server_name: Option<String>,
 
     /// Outbound capture listener (redirected connections, SO_ORIGINAL_DST).
     #[arg(long, default_value = "127.0.0.1:15001", value_parser = parse_addr)]
@@ -111,34 +88,27 @@ pub(crate) struct NodeArgs {
     /// `SO_MARK` of the sockets the proxy opens inside pods (in-pod mode).
     #[arg(long, env = "INPOD_MARK", default_value_t = InPodConfig::DEFAULT_MARK)]
     inpod_mark: u32,
+
+    /// Threads that carry connections (ztunnel's variable and default: 2, fewer on a machine
+    /// with fewer CPUs). A proxy sharing a small machine with its workloads often does better
+    /// with 1: fewer wake-ups cross CPUs.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Result<()> {
-    let endpoint = |addr: &str| -> ControlPlaneEndpoint {
-        if args.xds_plaintext {
-            return ControlPlaneEndpoint::plaintext(addr);
-        }
-        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-        ControlPlaneEndpoint::tls(
-            addr,
-            ControlPlaneTls {
-                server_name: args.server_name.clone().unwrap_or_else(|| host.to_owned()),
-                root_cert_file: args.root_cert.clone(),
-                token_file: args.token_file.clone(),
-            },
-        )
-    };
+    let control_plane = &args.control_plane;
     let source = match &args.local_config {
         Some(path) => ConfigSource::LocalFile(path.clone()),
-        None => ConfigSource::ControlPlane(endpoint(&args.xds_address)),
+        None => ConfigSource::ControlPlane(control_plane.wds()),
     };
     let certificates = match (&args.ca_dir, &args.ca_address) {
         (Some(dir), _) => CertificateSource::LocalCa(dir.clone()),
-        (None, Some(addr)) => CertificateSource::ControlPlane(endpoint(addr)),
-        (None, None) if args.xds_plaintext => anyhow::bail!(
+        (None, Some(addr)) => CertificateSource::ControlPlane(control_plane.endpoint(addr)),
+        (None, None) if control_plane.xds_plaintext => anyhow::bail!(
             "the CA is served over TLS only: pass --ca-address host:15012 or --ca-dir"
         ),
-        (None, None) => CertificateSource::ControlPlane(endpoint(&args.xds_address)),
+        (None, None) => CertificateSource::ControlPlane(control_plane.wds()),
     };
     let metrics = Arc::new(Metrics::new());
     let telemetry = Telemetry::new(
@@ -171,7 +141,11 @@ pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Re
     }
     config.telemetry = telemetry.clone();
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(args.worker_threads))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let proxy = NodeProxy::start(config).await.context("cannot start the node proxy")?;
         let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -206,4 +180,13 @@ pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Re
         tracing::info!(aborted, "drained; exiting");
         Ok(())
     })
+}
+
+/// The data-path thread count: as asked, else 2 capped by the CPUs this process may use.
+fn worker_threads(asked: Option<u16>) -> usize {
+    const DEFAULT: usize = 2;
+    asked.map_or_else(
+        || std::thread::available_parallelism().map_or(DEFAULT, |n| n.get().min(DEFAULT)),
+        usize::from,
+    )
 }

@@ -17,10 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ambit_proto::envoy::config::core::v3::Node;
 use ambit_proto::workload::{Address, TunnelProtocol, Workload, address};
 use ambit_xds::client::{
-    BoxError, ClientConfig, ClientHandle, Handler, Subscription, Update, XdsClient,
+    BoxError, ClientConfig, ClientHandle, Handler, Subscription, Update, XdsClient, ztunnel_node,
 };
 use prost::Message;
-use prost_types::{Struct, Value, value::Kind};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -89,24 +88,8 @@ impl WdsEnrollment {
     /// The xDS `Node`, shaped like a ztunnel's: a stock istiod serves WDS only to that type.
     fn node(&self) -> Node {
         let config = &self.inner.config;
-        let text = |s: &str| Value {
-            kind: Some(Kind::StringValue(s.to_owned())),
-        };
-        Node {
-            id: format!(
-                "ztunnel~0.0.0.0~ambit-cni-{}.istio-system~istio-system.svc.cluster.local",
-                config.node_name
-            ),
-            cluster: config.cluster_id.clone(),
-            metadata: Some(Struct {
-                fields: [
-                    ("NODE_NAME".to_owned(), text(&config.node_name)),
-                    ("CLUSTER_ID".to_owned(), text(&config.cluster_id)),
-                ]
-                .into(),
-            }),
-            ..Node::default()
-        }
+        let pod_name = format!("ambit-cni-{}", config.node_name);
+        ztunnel_node(&pod_name, &config.node_name, &config.cluster_id)
     }
 
     /// The pod a workload enrolls on this node, if it does.

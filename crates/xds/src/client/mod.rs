@@ -8,6 +8,7 @@
 //!
 //! The caller owns the transport: `connect` builds a tonic [`Channel`] (TLS connector, SNI,
 //! roots), and [`XdsClient::with_bearer_token`] adds `authorization: Bearer …` to each stream.
+//! [`ztunnel_node`] is the `Node` to identify with when a stock istiod is to serve WDS.
 //!
 //! # Invariants
 //!
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_proto::envoy::config::core::v3::Node;
+use prost_types::{Struct, Value, value::Kind};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
@@ -111,6 +113,27 @@ enum Command {
         names: Vec<String>,
     },
     Shutdown,
+}
+
+/// An xDS `Node` in the shape a ztunnel sends, which a stock istiod needs before it serves WDS:
+/// id `ztunnel~0.0.0.0~<pod_name>.istio-system~istio-system.svc.cluster.local`, `cluster_id`
+/// as the cluster, and `NODE_NAME` and `CLUSTER_ID` in the metadata.
+pub fn ztunnel_node(pod_name: &str, node_name: &str, cluster_id: &str) -> Node {
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    Node {
+        id: format!("ztunnel~0.0.0.0~{pod_name}.istio-system~istio-system.svc.cluster.local"),
+        cluster: cluster_id.to_owned(),
+        metadata: Some(Struct {
+            fields: [
+                ("NODE_NAME".to_owned(), text(node_name)),
+                ("CLUSTER_ID".to_owned(), text(cluster_id)),
+            ]
+            .into(),
+        }),
+        ..Node::default()
+    }
 }
 
 // === impl ClientConfig ===
@@ -240,5 +263,30 @@ impl ClientHandle {
     /// Stops the client: the stream is closed and no reconnect follows.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ztunnel_node_names_its_pod_node_and_cluster() {
+        let node = ztunnel_node("ambit-cni-n1", "n1", "Kubernetes");
+        assert_eq!(
+            node.id,
+            "ztunnel~0.0.0.0~ambit-cni-n1.istio-system~istio-system.svc.cluster.local"
+        );
+        assert_eq!(node.cluster, "Kubernetes");
+        let fields = node.metadata.unwrap().fields;
+        let text = |key: &str| match &fields[key].kind {
+            Some(Kind::StringValue(s)) => s.clone(),
+            other => panic!("{key} is {other:?}"),
+        };
+        assert_eq!(
+            (text("NODE_NAME"), text("CLUSTER_ID")),
+            ("n1".to_owned(), "Kubernetes".to_owned())
+        );
+        assert_eq!(fields.len(), 2);
     }
 }
