@@ -391,7 +391,10 @@ impl LocalMesh {
                 &format!("{ip}:15021"),
                 "--drain-seconds",
                 "2",
-            ]),
+            ])
+            .into_iter()
+            .chain(self.proxy_threads())
+            .collect::<Vec<_>>(),
             self.options.sink.clone(),
         )
         .map_err(io("start the node proxy"))?;
@@ -421,6 +424,18 @@ impl LocalMesh {
         self.cluster
             .write(&self.options.dir.join("manifests"))
             .map_err(io("write the manifests"))
+    }
+
+    /// `--worker-threads` for a node proxy: the nodes share this machine's CPUs, so each
+    /// proxy gets its node's share (at least one), as on a cluster where each node has its
+    /// own. `ZTUNNEL_WORKER_THREADS` in the environment (inherited) decides instead.
+    fn proxy_threads(&self) -> Option<String> {
+        if std::env::var_os("ZTUNNEL_WORKER_THREADS").is_some() {
+            return None;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let share = (cpus / self.nodes.len().max(1)).max(1);
+        Some(format!("--worker-threads={share}"))
     }
 
     fn node_index(&self, name: &str) -> Option<usize> {
