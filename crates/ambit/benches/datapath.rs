@@ -22,7 +22,8 @@
 //! counts (`1000,10000`), `AMBIT_BENCH_ONLY` a comma list of tests (stream1, stream8, rr1,
 //! rr1k, connect, rate, wrk, ab, idle), `AMBIT_BENCH_LOG` the roles' log filter (`info`, the
 //! node proxy's default: access logs on), `AMBIT_BENCH_REPORT` the JSON path,
-//! `AMBIT_BENCH_EXE` another `ambit` binary to measure (e.g. a build with a proposed change),
+//! `AMBIT_BENCH_EXE` another `ambit` binary to measure (e.g. a build with a proposed change;
+//! the node proxies run as the `ambit-node` beside it if there is one, else as `ambit node`),
 //! `AMBIT_BENCH_SAMPLES_DIR` a folder to append every latency sample to (nanoseconds, one per
 //! line, a file per test and side).
 
@@ -151,6 +152,7 @@ fn main() {
 fn options(settings: &Settings, dir: PathBuf) -> Options {
     Options {
         exe: settings.exe.clone(),
+        node_exe: settings.node_exe.clone(),
         block: BLOCK,
         roles: Ipv4Addr::new(127, 253, BLOCK, 1),
         nodes: vec!["node-a".to_owned(), "node-b".to_owned()],

@@ -30,6 +30,7 @@ fn mesh(n: u8, nodes: &[&str], cluster: Cluster) -> (LocalMesh, tempfile::TempDi
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         exe: env!("CARGO_BIN_EXE_ambit").into(),
+        node_exe: Some(env!("CARGO_BIN_EXE_ambit-node").into()),
         block: n,
         roles: Ipv4Addr::new(127, 253, n, 1),
         nodes: nodes.iter().map(|s| (*s).to_owned()).collect(),

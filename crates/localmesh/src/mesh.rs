@@ -45,6 +45,9 @@ pub enum MeshError {
 pub struct Options {
     /// The `ambit` binary.
     pub exe: PathBuf,
+    /// The node proxy's own binary (`ambit-node`, which maps a fraction of the code, as a
+    /// node's DaemonSet runs it); `None`: `ambit node`.
+    pub node_exe: Option<PathBuf>,
     /// Pods live on `10.<block>.0.0/16` (inside the mesh's own namespaces).
     pub block: u8,
     /// The control plane's loopback address; node `k`'s servers use the next addresses
@@ -64,6 +67,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("exe", &self.exe)
+            .field("node_exe", &self.node_exe)
             .field("block", &self.block)
             .field("nodes", &self.nodes)
             .field("dir", &self.dir)
@@ -357,44 +361,44 @@ impl LocalMesh {
         let ip = self.nodes[k].ip;
         let control = self.options.roles;
         let dir = &self.options.dir;
+        let (exe, subcommand) = self.node_exe();
         let role = Role::spawn(
             &format!("node/{name}"),
-            &self.options.exe,
-            &strings(&[
-                "--log-level",
-                &self.options.log_level,
-                "node",
-                "--node-name",
-                &name,
-                "--xds-address",
-                &format!("{control}:15012"),
-                "--server-name",
-                "istiod.istio-system.svc",
-                "--root-cert",
-                &dir.join("ca").join("root-cert.pem").display().to_string(),
-                "--token-file",
-                &dir.join(format!("{name}.token")).display().to_string(),
-                "--inpod",
-                "--inpod-uds",
-                &self.zds_socket(&name).display().to_string(),
-                "--outbound-addr",
-                "off",
-                "--inbound-passthrough-addr",
-                "off",
-                "--socks5-addr",
-                "off",
-                "--admin-addr",
-                &format!("{ip}:15000"),
-                "--stats-addr",
-                &format!("{ip}:15020"),
-                "--readiness-addr",
-                &format!("{ip}:15021"),
-                "--drain-seconds",
-                "2",
-            ])
-            .into_iter()
-            .chain(self.proxy_threads())
-            .collect::<Vec<_>>(),
+            &exe,
+            &strings(&["--log-level", &self.options.log_level])
+                .into_iter()
+                .chain(subcommand)
+                .chain(strings(&[
+                    "--node-name",
+                    &name,
+                    "--xds-address",
+                    &format!("{control}:15012"),
+                    "--server-name",
+                    "istiod.istio-system.svc",
+                    "--root-cert",
+                    &dir.join("ca").join("root-cert.pem").display().to_string(),
+                    "--token-file",
+                    &dir.join(format!("{name}.token")).display().to_string(),
+                    "--inpod",
+                    "--inpod-uds",
+                    &self.zds_socket(&name).display().to_string(),
+                    "--outbound-addr",
+                    "off",
+                    "--inbound-passthrough-addr",
+                    "off",
+                    "--socks5-addr",
+                    "off",
+                    "--admin-addr",
+                    &format!("{ip}:15000"),
+                    "--stats-addr",
+                    &format!("{ip}:15020"),
+                    "--readiness-addr",
+                    &format!("{ip}:15021"),
+                    "--drain-seconds",
+                    "2",
+                ]))
+                .chain(self.proxy_threads())
+                .collect::<Vec<_>>(),
             self.options.sink.clone(),
         )
         .map_err(io("start the node proxy"))?;
@@ -424,6 +428,14 @@ impl LocalMesh {
         self.cluster
             .write(&self.options.dir.join("manifests"))
             .map_err(io("write the manifests"))
+    }
+
+    /// The node proxy's program and the subcommand it needs.
+    fn node_exe(&self) -> (PathBuf, Option<String>) {
+        match &self.options.node_exe {
+            Some(alone) => (alone.clone(), None),
+            None => (self.options.exe.clone(), Some("node".to_owned())),
+        }
     }
 
     /// `--worker-threads` for a node proxy: the nodes share this machine's CPUs, so each

@@ -41,6 +41,8 @@ pub(crate) struct Settings {
     pub(crate) log: String,
     /// The `ambit` binary whose roles are measured.
     pub(crate) exe: std::path::PathBuf,
+    /// The node proxies' own binary (`ambit-node`), if any; else they run as `ambit node`.
+    pub(crate) node_exe: Option<std::path::PathBuf>,
 }
 
 /// One client pod and the server pod it talks to.
@@ -104,6 +106,14 @@ impl Settings {
             }
             names
         });
+        let exe: std::path::PathBuf =
+            var("AMBIT_BENCH_EXE").map_or_else(|| env!("CARGO_BIN_EXE_ambit").into(), Into::into);
+        // This build's `ambit-node`, or the one beside another `ambit` to measure.
+        let node_exe = if var("AMBIT_BENCH_EXE").is_some() {
+            Some(exe.with_file_name("ambit-node")).filter(|p| p.is_file())
+        } else {
+            Some(env!("CARGO_BIN_EXE_ambit-node").into())
+        };
         Self {
             seconds: number("AMBIT_BENCH_SECONDS", 4) as u64,
             rounds: number("AMBIT_BENCH_ROUNDS", 2).max(1),
@@ -111,8 +121,8 @@ impl Settings {
             idle,
             only,
             log: var("AMBIT_BENCH_LOG").unwrap_or_else(|| "info".to_owned()),
-            exe: var("AMBIT_BENCH_EXE")
-                .map_or_else(|| env!("CARGO_BIN_EXE_ambit").into(), Into::into),
+            exe,
+            node_exe,
         }
     }
 
@@ -147,6 +157,7 @@ impl Settings {
             "only": self.only,
             "log": self.log,
             "exe": self.exe,
+            "node_exe": self.node_exe,
         })
     }
 }

@@ -59,6 +59,8 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .context("cannot create a temporary directory")?;
     let options = Options {
         exe: std::env::current_exe().context("cannot find the ambit binary")?,
+        // One binary for the whole demo.
+        node_exe: None,
         block: args.loopback_block,
         roles: Ipv4Addr::new(127, args.loopback_block, 0, 1),
         nodes: nodes.clone(),
