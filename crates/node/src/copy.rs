@@ -6,34 +6,52 @@
 //! applications expect). An error in either direction ends both, and so does a connection idle
 //! in both directions for the idle timeout.
 //!
-//! Buffers: each TCP read half owns one [`BytesMut`] (16 KiB) for the connection's life. A read
-//! fills its spare capacity and hands the filled part on as a [`Bytes`] view of the same
-//! allocation; once the writer has dropped it, the next `reserve` reclaims the space, so a
-//! steady connection allocates once per direction. (A view still queued inside HTTP/2 when the
-//! buffer runs out forces a fresh allocation: memory is never shared with a pending frame.)
+//! Buffers: a TCP read half holds a [`BytesMut`] only while its socket has data. It waits for
+//! readiness with no buffer, then takes one sized by recent reads (4 KiB at first, four times
+//! larger after a read that filled it, up to 256 KiB; half after a read that used less than a
+//! quarter of it), and lets it go as soon as the socket has nothing more to read, keeping only
+//! the size. An idle connection therefore holds no read buffer at all. While data keeps
+//! coming, a read fills the buffer's spare capacity and hands the filled part on as a [`Bytes`]
+//! view of the same allocation; once the writer has dropped it, the next `reserve` reclaims
+//! the space, so a steady connection does not allocate per read. (A view still queued inside
+//! HTTP/2 when the buffer runs out forces a fresh allocation: memory is never shared with a
+//! pending frame.)
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::hbone::stream::{H2Reader, H2Stream, H2Writer};
 
-/// Size of a TCP read buffer.
-const BUFFER: usize = 16 * 1024;
-/// Below this much spare capacity the buffer is renewed (reclaimed, or reallocated).
-const MIN_READ: usize = 2 * 1024;
+/// Size of a socket's first read buffer, and the smallest one.
+const MIN_BUFFER: usize = 4 * 1024;
+/// The largest read buffer.
+const MAX_BUFFER: usize = 256 * 1024;
 
 /// One side of a proxied connection, read half.
 #[derive(Debug)]
 pub(crate) enum Reader {
-    Tcp { half: OwnedReadHalf, buf: BytesMut },
+    Tcp(TcpReader),
     H2(H2Reader),
+}
+
+/// A TCP read half that holds a buffer only while its socket has data (see the
+/// [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct TcpReader {
+    half: OwnedReadHalf,
+    /// The buffer being read into; `None` while the socket has nothing to read.
+    buf: Option<BytesMut>,
+    /// The capacity `buf` was allocated with.
+    allocated: usize,
+    /// The capacity of the next buffer, from recent reads.
+    size: usize,
 }
 
 /// One side of a proxied connection, write half.
@@ -69,23 +87,17 @@ pub(crate) enum CopyError {
 
 impl Reader {
     pub(crate) fn tcp(half: OwnedReadHalf) -> Self {
-        Self::Tcp {
+        Self::Tcp(TcpReader {
             half,
-            buf: BytesMut::with_capacity(BUFFER),
-        }
+            buf: None,
+            allocated: 0,
+            size: MIN_BUFFER,
+        })
     }
 
     async fn read(&mut self) -> io::Result<Option<Bytes>> {
         match self {
-            Self::Tcp { half, buf } => {
-                if buf.capacity() - buf.len() < MIN_READ {
-                    buf.reserve(BUFFER);
-                }
-                if half.read_buf(buf).await? == 0 {
-                    return Ok(None);
-                }
-                Ok(Some(buf.split().freeze()))
-            }
+            Self::Tcp(tcp) => tcp.read().await,
             Self::H2(reader) => reader.read().await,
         }
     }
@@ -94,6 +106,87 @@ impl Reader {
         if let Self::H2(reader) = self {
             reader.release(n);
         }
+    }
+
+    /// The read buffer capacity this reader holds right now (none for a tunnel's, whose
+    /// buffers belong to HTTP/2).
+    #[cfg(test)]
+    pub(crate) fn held_capacity(&self) -> usize {
+        match self {
+            Self::Tcp(tcp) => tcp.buf.as_ref().map_or(0, BytesMut::capacity),
+            Self::H2(_) => 0,
+        }
+    }
+
+    /// The capacity the next TCP read buffer will get.
+    #[cfg(test)]
+    pub(crate) fn next_buffer_size(&self) -> Option<usize> {
+        match self {
+            Self::Tcp(tcp) => Some(tcp.size),
+            Self::H2(_) => None,
+        }
+    }
+}
+
+impl TcpReader {
+    /// The next chunk read from the socket, `None` at its end.
+    async fn read(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            // Returns at once while the socket is known to have data (and keeps the task's
+            // scheduling budget honest); the buffer was let go before any real wait.
+            self.half.readable().await?;
+            let buf = Self::room(&mut self.buf, &mut self.allocated, self.size);
+            let room = buf.capacity() - buf.len();
+            match self.half.try_read_buf(buf) {
+                Ok(0) => {
+                    self.buf = None;
+                    return Ok(None);
+                }
+                Ok(n) => {
+                    let chunk = buf.split().freeze();
+                    self.size = next_size(self.size, room, n);
+                    return Ok(Some(chunk));
+                }
+                // Ran dry (or the readiness was stale): hold nothing while waiting.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
+                Err(e) => {
+                    self.buf = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A buffer with room for at least half of `size`: the current one, reclaimed or renewed
+    /// in place while `size` has not changed, else a fresh one of `size`.
+    fn room<'a>(
+        buf: &'a mut Option<BytesMut>,
+        allocated: &mut usize,
+        size: usize,
+    ) -> &'a mut BytesMut {
+        match buf {
+            Some(b) if b.capacity() - b.len() >= size / 2 => {}
+            Some(b) if *allocated == size => b.reserve(size),
+            _ => {
+                *buf = Some(BytesMut::with_capacity(size));
+                *allocated = size;
+            }
+        }
+        // Always `Some` by now; this only proves it to the compiler.
+        buf.get_or_insert_with(|| BytesMut::with_capacity(size))
+    }
+}
+
+/// The next buffer size after a read of `n` bytes into `room` bytes of a `size` buffer: four
+/// times larger if the read filled it, half if it used less than a quarter, within
+/// [`MIN_BUFFER`]..=[`MAX_BUFFER`].
+fn next_size(size: usize, room: usize, n: usize) -> usize {
+    if n >= room {
+        (size * 4).min(MAX_BUFFER)
+    } else if n < room / 4 {
+        (size / 2).max(MIN_BUFFER)
+    } else {
+        size
     }
 }
 

@@ -134,3 +134,135 @@ async fn a_connection_idle_both_ways_is_closed() {
     .await;
     assert!(matches!(result, Err(CopyError::Idle(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn an_idle_reader_holds_no_buffer() {
+    let (mut peer, ours) = pair().await;
+    let (read, _write) = ours.into_split();
+    let mut reader = Reader::tcp(read);
+    assert_eq!(reader.held_capacity(), 0, "a buffer before the first byte");
+
+    peer.write_all(b"hello").await.unwrap();
+    let chunk = reader.read().await.unwrap().unwrap();
+    assert_eq!(&chunk[..], b"hello");
+
+    // The next read finds the socket dry, lets the buffer go and waits for readiness.
+    let waited = tokio::time::timeout(Duration::from_millis(50), reader.read()).await;
+    assert!(waited.is_err(), "nothing was sent, yet a read returned");
+    assert_eq!(reader.held_capacity(), 0, "an idle socket kept its buffer");
+    drop(chunk);
+
+    // And the reader still works after waiting without a buffer.
+    peer.write_all(b"again").await.unwrap();
+    let chunk = reader.read().await.unwrap().unwrap();
+    assert_eq!(&chunk[..], b"again");
+    peer.shutdown().await.unwrap();
+    assert_eq!(reader.read().await.unwrap(), None);
+    assert_eq!(reader.held_capacity(), 0, "a buffer kept after the end");
+}
+
+#[tokio::test]
+async fn idle_connections_through_the_copy_hold_no_buffers() {
+    let (mut app_client, proxy_down) = pair().await;
+    let (proxy_up, mut app_server) = pair().await;
+    let (down_r, down_w) = proxy_down.into_split();
+    let (up_r, up_w) = proxy_up.into_split();
+    let (mut down_r, mut up_r) = (Reader::tcp(down_r), Reader::tcp(up_r));
+    let (mut down_w, mut up_w) = (Writer::Tcp(down_w), Writer::Tcp(up_w));
+    let (moved, activity) = (Transferred::default(), Activity::new());
+    let copying = async {
+        tokio::join!(
+            one_way(
+                &mut down_r,
+                &mut up_w,
+                &moved.downstream_to_upstream,
+                &activity
+            ),
+            one_way(
+                &mut up_r,
+                &mut down_w,
+                &moved.upstream_to_downstream,
+                &activity
+            ),
+        )
+    };
+    let exchange = async {
+        app_client.write_all(b"ping").await.unwrap();
+        let mut got = [0; 4];
+        app_server.read_exact(&mut got).await.unwrap();
+        app_server.write_all(b"pong").await.unwrap();
+        app_client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+    };
+    // Run the copy until the exchange is done and it has gone idle, then look at its readers.
+    tokio::select! {
+        _ = copying => panic!("the copy ended on an open connection"),
+        () = async {
+            exchange.await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } => {}
+    }
+    assert_eq!(moved.downstream_to_upstream.load(Ordering::Relaxed), 4);
+    assert_eq!(down_r.held_capacity(), 0, "downstream reader kept a buffer");
+    assert_eq!(up_r.held_capacity(), 0, "upstream reader kept a buffer");
+}
+
+#[tokio::test]
+async fn read_buffers_grow_with_bulk_data_and_shrink_with_small_reads() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let (mut peer, ours) = pair().await;
+    let (read, _write) = ours.into_split();
+    let mut reader = Reader::tcp(read);
+    assert_eq!(reader.next_buffer_size(), Some(MIN_BUFFER));
+
+    let sender = tokio::spawn(async move {
+        let payload = vec![7u8; SIZE];
+        peer.write_all(&payload).await.unwrap();
+        peer
+    });
+    let (mut total, mut first, mut largest) = (0, None, 0);
+    while total < SIZE {
+        let chunk = reader.read().await.unwrap().unwrap();
+        first.get_or_insert(chunk.len());
+        largest = largest.max(chunk.len());
+        total += chunk.len();
+    }
+    let mut peer = sender.await.unwrap();
+    assert!(first.unwrap() <= MIN_BUFFER, "first read {first:?}");
+    assert!(
+        largest > 16 * 1024,
+        "a bulk transfer never read more than {largest} bytes at once"
+    );
+    assert!(largest <= MAX_BUFFER, "a read of {largest} bytes");
+    let grown = reader.next_buffer_size().unwrap();
+    assert!(grown > 16 * 1024, "the buffer size stayed at {grown}");
+
+    // Small messages bring it back down, halving each time.
+    for _ in 0..16 {
+        peer.write_all(b"tiny").await.unwrap();
+        let chunk = reader.read().await.unwrap().unwrap();
+        assert_eq!(&chunk[..], b"tiny");
+    }
+    assert_eq!(reader.next_buffer_size(), Some(MIN_BUFFER));
+}
+
+#[test]
+fn buffer_sizes_follow_recent_reads() {
+    let k = 1024;
+    let cases = [
+        // (size, room offered, bytes read, next size)
+        (4 * k, 4 * k, 4 * k, 16 * k),
+        (16 * k, 16 * k, 16 * k, 64 * k),
+        (64 * k, 64 * k, 64 * k, 256 * k),
+        (256 * k, 256 * k, 256 * k, 256 * k),
+        (64 * k, 40 * k, 40 * k, 256 * k),
+        (64 * k, 64 * k, 20 * k, 64 * k),
+        (64 * k, 64 * k, 16 * k, 64 * k),
+        (64 * k, 64 * k, 16 * k - 1, 32 * k),
+        (8 * k, 8 * k, 100, 4 * k),
+        (4 * k, 4 * k, 1, 4 * k),
+    ];
+    for (size, room, n, want) in cases {
+        assert_eq!(next_size(size, room, n), want, "{size} {room} {n}");
+    }
+}

@@ -235,10 +235,7 @@ impl Pod {
         info: PodInfo,
         netns: Netns,
     ) -> Result<Self, PodError> {
-        let factory = NetnsSocketFactory {
-            netns: netns.clone(),
-            mark: config.mark,
-        };
+        let factory = NetnsSocketFactory::new(netns.clone(), config.mark);
         let any = Ipv4Addr::UNSPECIFIED;
         let outbound = bind(
             &factory,

@@ -22,10 +22,11 @@ use ambit_identity::SpiffeId;
 use ambit_identity::tls::{self as id_tls};
 use bytes::Bytes;
 use h2::RecvStream;
-use h2::server::SendResponse;
+use h2::server::{Connection, SendResponse};
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::Inputs;
@@ -52,48 +53,15 @@ pub(crate) async fn serve(
         Ok(addr) => canonical(addr),
         Err(_) => return,
     };
-    let refuse = |reason: String| {
-        let info = bare_info(Direction::Inbound, peer, local);
-        inputs.telemetry.log_refused(&info, reason);
-    };
-    let Some(workload) = inputs
-        .state
-        .local_workload_by_ip(local.ip())
-        .filter(|w| w.protocol == Protocol::Hbone)
-    else {
-        return refuse(format!("no local HBONE workload at {}", local.ip()));
-    };
-    let Some(certs) = inputs.state.certificates() else {
-        return refuse("no certificate source".to_owned());
-    };
-    let config = match certs.server_config(&workload.identity).await {
-        Ok(config) => config,
-        Err(e) => return refuse(error_chain(&e)),
-    };
-    let timeout = inputs.config.timeouts.handshake;
-    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let failure = id_tls::classify_io(&e);
-            let reason = crate::hbone::client::handshake_reason(&e);
-            return refuse(format!("TLS handshake failed ({failure:?}): {reason}"));
+    // Boxed: the handshakes' state is needed only until the connection is up, and inline it
+    // would stay part of this future for the connection's life.
+    let (workload, peer_id, mut conn) = match Box::pin(establish(&inputs, tcp, local)).await {
+        Ok(established) => established,
+        Err(reason) => {
+            let info = bare_info(Direction::Inbound, peer, local);
+            return inputs.telemetry.log_refused(&info, reason);
         }
-        Err(_) => return refuse(format!("TLS handshake did not finish within {timeout:?}")),
     };
-    // The verifier accepted the client, so it named a SPIFFE id; be strict anyway.
-    let Some(peer_id) = id_tls::peer_identity(tls.get_ref().1) else {
-        return refuse("the client presented no SPIFFE identity".to_owned());
-    };
-    let mut conn =
-        match tokio::time::timeout(timeout, server_builder().handshake::<_, Bytes>(tls)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return refuse(format!("HTTP/2 handshake failed: {e}")),
-            Err(_) => {
-                return refuse(format!(
-                    "HTTP/2 handshake did not finish within {timeout:?}"
-                ));
-            }
-        };
     debug!(%peer, %local, peer_identity = %peer_id, "HBONE connection established");
 
     let stop = inputs.drain.stop_accepting.clone();
@@ -122,7 +90,8 @@ pub(crate) async fn serve(
                     break;
                 }
                 Some(Err(e)) => {
-                    refuse(format!("HTTP/2 protocol error: {e}"));
+                    let info = bare_info(Direction::Inbound, peer, local);
+                    inputs.telemetry.log_refused(&info, format!("HTTP/2 protocol error: {e}"));
                     break;
                 }
                 None => break,
@@ -148,6 +117,58 @@ pub(crate) async fn serve(
         }
     }
 }
+
+/// The TLS (as the workload owning `local`) and HTTP/2 handshakes of a connection to
+/// `local`: the workload, the client's verified identity and the connection, or why it was
+/// refused.
+async fn establish(
+    inputs: &Inputs,
+    tcp: TcpStream,
+    local: SocketAddr,
+) -> Result<Established, String> {
+    let Some(workload) = inputs
+        .state
+        .local_workload_by_ip(local.ip())
+        .filter(|w| w.protocol == Protocol::Hbone)
+    else {
+        return Err(format!("no local HBONE workload at {}", local.ip()));
+    };
+    let Some(certs) = inputs.state.certificates() else {
+        return Err("no certificate source".to_owned());
+    };
+    let config = certs
+        .server_config(&workload.identity)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let timeout = inputs.config.timeouts.handshake;
+    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let failure = id_tls::classify_io(&e);
+            let reason = crate::hbone::client::handshake_reason(&e);
+            return Err(format!("TLS handshake failed ({failure:?}): {reason}"));
+        }
+        Err(_) => return Err(format!("TLS handshake did not finish within {timeout:?}")),
+    };
+    // The verifier accepted the client, so it named a SPIFFE id; be strict anyway.
+    let Some(peer_id) = id_tls::peer_identity(tls.get_ref().1) else {
+        return Err("the client presented no SPIFFE identity".to_owned());
+    };
+    match tokio::time::timeout(timeout, server_builder().handshake::<_, Bytes>(tls)).await {
+        Ok(Ok(conn)) => Ok((workload, peer_id, conn)),
+        Ok(Err(e)) => Err(format!("HTTP/2 handshake failed: {e}")),
+        Err(_) => Err(format!(
+            "HTTP/2 handshake did not finish within {timeout:?}"
+        )),
+    }
+}
+
+/// What [`establish`] yields: the local workload, the client's identity and the connection.
+type Established = (
+    Arc<Workload>,
+    SpiffeId,
+    Connection<TlsStream<TcpStream>, Bytes>,
+);
 
 /// One CONNECT stream on an established connection.
 struct Stream {
@@ -199,7 +220,8 @@ impl Stream {
         }
         let timeouts = &inputs.config.timeouts;
         let factory = self.scope.factory.as_ref();
-        let app = match socket::connect(factory, target, timeouts.connect).await {
+        // Boxed: a one-shot phase, not to be carried for the tunnel's life.
+        let app = match Box::pin(socket::connect(factory, target, timeouts.connect)).await {
             Ok(app) => app,
             Err(e) => {
                 send_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE);

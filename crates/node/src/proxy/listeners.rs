@@ -142,7 +142,9 @@ pub(crate) fn accept_loop<F, Fut>(
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = handle(stream, canonical(peer));
+                    // Boxed so that the task holds the connection's future once: moved into
+                    // the `select!` unboxed, it would be stored twice for the connection's life.
+                    let connection = Box::pin(handle(stream, canonical(peer)));
                     let force = drain.force.clone();
                     drain.tracker.spawn(async move {
                         tokio::select! {

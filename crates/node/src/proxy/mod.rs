@@ -245,6 +245,9 @@ impl NodeProxy {
         if let Some(xds) = &self.inputs.xds {
             xds.shutdown();
         }
+        // Every connection has ended and queued its access log line: write them before the
+        // process may exit.
+        let _ = tokio::task::spawn_blocking(crate::telemetry::access_log::flush).await;
         aborted
     }
 

@@ -101,7 +101,9 @@ pub(crate) async fn run(
     socks: bool,
 ) {
     let _counted = inputs.state.connections().open(Kind::Outbound);
-    let (source, route, info) = match prepare(inputs, scope, src, dst).await {
+    // The one-shot phases (lookup, dial, TLS and HTTP/2 handshakes) are boxed: inline, their
+    // state would be part of this future, and so of the connection's memory, until it closes.
+    let (source, route, info) = match Box::pin(prepare(inputs, scope, src, dst)).await {
         Ok(prepared) => prepared,
         Err(e) => {
             if socks {
@@ -113,7 +115,7 @@ pub(crate) async fn run(
         }
     };
     let mut guard = inputs.telemetry.open(info);
-    let upstream = match connect(inputs, scope, &source, src, &route).await {
+    let upstream = match Box::pin(connect(inputs, scope, &source, src, &route)).await {
         Ok(upstream) => upstream,
         Err(e) => {
             if socks {

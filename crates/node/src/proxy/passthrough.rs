@@ -58,7 +58,13 @@ pub(crate) async fn serve(
         return guard.finish_with_flags(ResponseFlags::Deny, Some(reason));
     }
     let timeouts = &inputs.config.timeouts;
-    let app = match socket::connect(scope.factory.as_ref(), dst, timeouts.connect).await {
+    // Boxed: a one-shot phase, not to be carried for the connection's life.
+    let connecting = Box::pin(socket::connect(
+        scope.factory.as_ref(),
+        dst,
+        timeouts.connect,
+    ));
+    let app = match connecting.await {
         Ok(app) => app,
         Err(e) => {
             let error = format!("cannot connect to {dst}: {e}");

@@ -24,6 +24,9 @@
 //! `dst.hbone_addr` is the original destination carried in the CONNECT `:authority`.
 //! `bytes_sent`/`bytes_recv` are from the point of view of the workload this proxy acted for
 //! (the client when outbound, the server when inbound).
+//!
+//! The data path does not emit these events itself: [`crate::telemetry`] hands them to
+//! its `writer` module, whose thread emits them off the tokio workers, losing none.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +34,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{ConnectionInfo, Direction, SecurityPolicy};
+
+mod writer;
+
+#[cfg(test)]
+pub(crate) use writer::Queue;
+pub(crate) use writer::{Entry, submit};
+pub use writer::{flush, written_in_place};
 
 /// The access log target; `RUST_LOG=access=off` silences access logs.
 pub const TARGET: &str = "access";

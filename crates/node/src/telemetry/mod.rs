@@ -9,7 +9,9 @@
 //! Costs on the data path: [`Telemetry::open`] takes one short mutex-guarded map lookup (the
 //! counters of the connection's label set, kept for its lifetime); [`ConnectionGuard::add_sent`]
 //! and [`ConnectionGuard::add_recv`] are plain integer adds on the guard; the byte counters reach
-//! the shared metrics when the connection finishes.
+//! the shared metrics when the connection finishes, and its access log line is queued for the
+//! access log's own thread ([`access_log::flush`] waits for what is queued; it runs when the
+//! last handle of a [`Telemetry`] goes).
 //!
 //! Invariants: every opened connection is closed exactly once in the metrics and logged exactly
 //! once, even if the data path forgets to finish it (dropping the guard records it with error
@@ -94,7 +96,13 @@ pub struct ConnectionInfo {
 pub struct Telemetry {
     metrics: Arc<Metrics>,
     format: LogFormat,
+    _flush: Arc<FlushWhenLast>,
 }
+
+/// Flushes the access log when the last handle of a [`Telemetry`] goes (its proxy is gone: the
+/// process may be about to exit), so that the last lines are written.
+#[derive(Debug)]
+struct FlushWhenLast;
 
 /// A connection in flight; see the [module docs](self).
 #[derive(Debug)]
@@ -117,7 +125,11 @@ impl Telemetry {
     /// Telemetry writing into `metrics`; `format` is the binary's `--log-format` (reported in
     /// `/config_dump`; the events themselves are the same in both formats).
     pub fn new(metrics: Arc<Metrics>, format: LogFormat) -> Self {
-        Self { metrics, format }
+        Self {
+            metrics,
+            format,
+            _flush: Arc::new(FlushWhenLast),
+        }
     }
 
     /// The shared metrics registry (for the stats server and the certificate/xDS code).
@@ -152,12 +164,12 @@ impl Telemetry {
     /// and then denied should go through [`Telemetry::open`] and
     /// [`ConnectionGuard::finish_with_flags`] instead.
     pub fn log_refused(&self, info: &ConnectionInfo, error: impl std::fmt::Display) {
-        access_log::emit_refused(
-            info.src_addr,
-            info.dst_addr,
-            info.direction,
-            &error.to_string(),
-        );
+        access_log::submit(access_log::Entry::Refused {
+            src: info.src_addr,
+            dst: info.dst_addr,
+            direction: info.direction,
+            error: error.to_string(),
+        });
     }
 
     /// A summary for `/config_dump`: connection totals, certificate expiries, xDS state.
@@ -243,14 +255,19 @@ impl ConnectionGuard {
         self.counters.received.fetch_add(request, Ordering::Relaxed);
         self.counters.sent.fetch_add(response, Ordering::Relaxed);
 
-        AccessRecord::new(
+        access_log::submit(access_log::Entry::Complete(AccessRecord::new(
             &self.info,
             self.bytes_sent,
             self.bytes_recv,
             self.opened.elapsed(),
             error,
-        )
-        .emit();
+        )));
+    }
+}
+
+impl Drop for FlushWhenLast {
+    fn drop(&mut self) {
+        access_log::flush();
     }
 }
 
