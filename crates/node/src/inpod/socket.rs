@@ -205,18 +205,20 @@ mod tests {
 
     use super::*;
 
+    /// A new network namespace with its loopback up. Needs root; fails loudly without.
+    fn netns_with_loopback() -> Netns {
+        let netns = Netns::create().expect("this test needs root: cannot create a netns");
+        let mut ip = std::process::Command::new("ip");
+        ip.args(["link", "set", "lo", "up"]);
+        let up = netns.output(ip).unwrap();
+        assert!(up.status.success(), "ip link set lo up: {up:?}");
+        netns
+    }
+
     /// Needs root (a new network namespace and `SO_MARK`); fails loudly without.
     #[tokio::test]
     async fn sockets_live_in_the_namespace_and_carry_the_mark() {
-        let netns = Netns::create().expect("this test needs root: cannot create a netns");
-        let up = netns
-            .output({
-                let mut ip = std::process::Command::new("ip");
-                ip.args(["link", "set", "lo", "up"]);
-                ip
-            })
-            .unwrap();
-        assert!(up.status.success(), "ip link set lo up: {up:?}");
+        let netns = netns_with_loopback();
         let factory = NetnsSocketFactory::new(netns, 0x539);
         // Port 1 on the host's loopback may be anything; inside a new namespace it is free.
         let listener = factory.listen("127.0.0.1:1".parse().unwrap()).unwrap();
@@ -241,15 +243,7 @@ mod tests {
     /// Needs root (a new network namespace and `SO_MARK`); fails loudly without.
     #[tokio::test]
     async fn connections_outlast_the_stock_and_it_refills() {
-        let netns = Netns::create().expect("this test needs root: cannot create a netns");
-        let up = netns
-            .output({
-                let mut ip = std::process::Command::new("ip");
-                ip.args(["link", "set", "lo", "up"]);
-                ip
-            })
-            .unwrap();
-        assert!(up.status.success(), "ip link set lo up: {up:?}");
+        let netns = netns_with_loopback();
         let factory = NetnsSocketFactory::new(netns, 0x539);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let listener = factory.listen(addr).unwrap();
