@@ -139,40 +139,54 @@ impl Shelf {
     }
 }
 
-/// Fills `domain`'s shelf of `stock` up to [`STOCK`] with sockets made in `netns`, one hop per
-/// round; another round covers what connections took during the first.
+/// Fills `domain`'s shelf of `stock` up to [`STOCK`] with sockets made in `netns`, then lets
+/// the next refill start. A connection that took a socket meanwhile found a refill under way and
+/// left the work to it, so the shelf is looked at once more after the flag is cleared, and
+/// filled again if it is not full: a refill ends with a full shelf (or a failure).
 fn refill(netns: &Netns, mark: u32, domain: Domain, stock: &Weak<Stock>) {
+    loop {
+        let filled = fill(netns, mark, domain, stock);
+        let Some(stock) = stock.upgrade() else {
+            return;
+        };
+        let shelf = stock.shelf(domain);
+        shelf.refilling.store(false, Ordering::Release);
+        let full = shelf.lock().len() >= STOCK;
+        // After a failure, connections make their own sockets (and say why) until one of
+        // them starts the next refill.
+        if !filled || full || shelf.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+/// One hop per round, up to two rounds (the second covers what connections took during the
+/// first); false if sockets could not be made.
+fn fill(netns: &Netns, mark: u32, domain: Domain, stock: &Weak<Stock>) -> bool {
     const ROUNDS: usize = 2;
     for _ in 0..ROUNDS {
         let missing = match stock.upgrade() {
             Some(stock) => STOCK.saturating_sub(stock.shelf(domain).lock().len()),
-            None => return,
+            None => return true,
         };
         if missing == 0 {
             break;
         }
         let made = match make(netns, mark, domain, missing) {
             Ok(made) => made,
-            // A connection that finds the shelf empty makes its own and reports why it
-            // could not.
             Err(e) => {
                 debug!(error = %e, "cannot stock upstream sockets");
-                break;
+                return false;
             }
         };
         let Some(stock) = stock.upgrade() else {
-            return;
+            return true;
         };
         let mut sockets = stock.shelf(domain).lock();
         let room = STOCK.saturating_sub(sockets.len());
         sockets.extend(made.into_iter().take(room));
     }
-    if let Some(stock) = stock.upgrade() {
-        stock
-            .shelf(domain)
-            .refilling
-            .store(false, Ordering::Release);
-    }
+    true
 }
 
 /// `count` upstream sockets of `domain` made in `netns` in one hop, each as
