@@ -6,7 +6,14 @@
 //! applications expect). An error in either direction ends both, and so does a connection idle
 //! in both directions for the idle timeout.
 //!
-//! Buffers: a TCP read half holds a [`BytesMut`] only while its socket has data. It waits for
+//! Memory: the copy lives as long as its connection, so it is one small hand-written state
+//! machine ([`Copying`]) rather than nested `async` loops: both sides, each direction's state
+//! (reading, writing a pending [`Bytes`], shutting down, done), the byte counters and one idle
+//! timer, polled by hand. A TCP side is one unsplit [`TcpStream`] serving both directions (its
+//! read and write readiness wake the task separately). A unit test bounds the whole future's
+//! size.
+//!
+//! Buffers: a TCP side holds a [`BytesMut`] only while its socket has data. It waits for
 //! readiness with no buffer, then takes one sized by recent reads (4 KiB at first, four times
 //! larger after a read that filled it, up to 256 KiB; half after a read that used less than a
 //! quarter of it), and lets it go as soon as the socket has nothing more to read, keeping only
@@ -17,48 +24,43 @@
 //! HTTP/2 when the buffer runs out forces a fresh allocation: memory is never shared with a
 //! pending frame.)
 
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use crate::hbone::stream::{H2Reader, H2Stream, H2Writer};
+use crate::hbone::stream::H2Stream;
 
 /// Size of a socket's first read buffer, and the smallest one.
 const MIN_BUFFER: usize = 4 * 1024;
 /// The largest read buffer.
 const MAX_BUFFER: usize = 256 * 1024;
 
-/// One side of a proxied connection, read half.
+/// One side of a proxied connection, both ways.
 #[derive(Debug)]
-pub(crate) enum Reader {
-    Tcp(TcpReader),
-    H2(H2Reader),
+pub(crate) enum Side {
+    Tcp(TcpSide),
+    H2(H2Stream),
 }
 
-/// A TCP read half that holds a buffer only while its socket has data (see the
+/// A TCP connection that holds a read buffer only while its socket has data (see the
 /// [module docs](self)).
 #[derive(Debug)]
-pub(crate) struct TcpReader {
-    half: OwnedReadHalf,
+pub(crate) struct TcpSide {
+    stream: TcpStream,
     /// The buffer being read into; `None` while the socket has nothing to read.
     buf: Option<BytesMut>,
     /// The capacity `buf` was allocated with.
     allocated: usize,
     /// The capacity of the next buffer, from recent reads.
     size: usize,
-}
-
-/// One side of a proxied connection, write half.
-#[derive(Debug)]
-pub(crate) enum Writer {
-    Tcp(OwnedWriteHalf),
-    H2(H2Writer),
 }
 
 /// Bytes moved so far, per direction (readable while the copy runs).
@@ -83,33 +85,263 @@ pub(crate) enum CopyError {
     Idle(Duration),
 }
 
-// === impl Reader, Writer ===
+/// A TCP stream as a side of the copy.
+pub(crate) fn tcp(stream: TcpStream) -> Side {
+    Side::Tcp(TcpSide {
+        stream,
+        buf: None,
+        allocated: 0,
+        size: MIN_BUFFER,
+    })
+}
 
-impl Reader {
-    pub(crate) fn tcp(half: OwnedReadHalf) -> Self {
-        Self::Tcp(TcpReader {
-            half,
-            buf: None,
-            allocated: 0,
-            size: MIN_BUFFER,
-        })
+/// A tunnel as a side of the copy.
+pub(crate) fn h2(stream: H2Stream) -> Side {
+    Side::H2(stream)
+}
+
+/// Copies between `downstream` (the side that opened the connection) and `upstream` until both
+/// directions have ended, one fails, or nothing moved for `idle`. Counts into `moved`.
+pub(crate) fn bidirectional(
+    downstream: Side,
+    upstream: Side,
+    idle: Duration,
+    moved: &Transferred,
+) -> impl Future<Output = Result<(), CopyError>> + '_ {
+    // Built here and moved into the block, not passed to an `async fn`: a future keeps its
+    // arguments apart from its locals, which would hold the sides twice.
+    let mut copying = Copying::new(downstream, upstream, idle, moved);
+    async move { copying.run().await }
+}
+
+// === impl Copying ===
+
+/// Both sides of a connection and where each direction stands.
+struct Copying<'a> {
+    downstream: Side,
+    upstream: Side,
+    /// Downstream to upstream.
+    request: State,
+    /// Upstream to downstream.
+    response: State,
+    idle: Duration,
+    /// When bytes last moved either way.
+    last: Instant,
+    moved: &'a Transferred,
+    /// Which direction the last poll drove first.
+    response_first: bool,
+}
+
+/// One of the two directions.
+#[derive(Clone, Copy)]
+enum Way {
+    /// Downstream to upstream.
+    Request,
+    /// Upstream to downstream.
+    Response,
+}
+
+/// Where one direction stands.
+enum State {
+    Reading,
+    /// Read, not yet all written: what is left.
+    Writing(Bytes),
+    /// The source ended; the destination's write half is being shut down.
+    ShuttingDown,
+    Done,
+}
+
+impl<'a> Copying<'a> {
+    fn new(downstream: Side, upstream: Side, idle: Duration, moved: &'a Transferred) -> Self {
+        Self {
+            downstream,
+            upstream,
+            request: State::Reading,
+            response: State::Reading,
+            idle,
+            last: Instant::now(),
+            moved,
+            response_first: true,
+        }
     }
 
-    async fn read(&mut self) -> io::Result<Option<Bytes>> {
+    /// Runs the copy to its end. The timer lives in this future, pinned beside the state (a
+    /// `Sleep` cannot move, and boxing it would cost an allocation per connection).
+    async fn run(&mut self) -> Result<(), CopyError> {
+        // Set once; moved forward only when it fires (bytes moving never touch the timer).
+        let mut timer = pin!(tokio::time::sleep_until(self.last + self.idle));
+        poll_fn(|cx| self.poll(cx, timer.as_mut())).await
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: Pin<&mut Sleep>,
+    ) -> Poll<Result<(), CopyError>> {
+        let result = match self.poll_both(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                ready!(self.poll_idle(cx, timer));
+                Err(CopyError::Idle(self.idle))
+            }
+        };
+        if result.is_err() {
+            // Make the failure visible to an HBONE peer instead of a clean end of stream.
+            self.downstream.reset();
+            self.upstream.reset();
+        }
+        Poll::Ready(result)
+    }
+
+    /// Drives both directions: ready once both are done or one has failed.
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CopyError>> {
+        // Take turns going first: a busy direction runs until the task's scheduling budget is
+        // spent, and going first every time would starve the other.
+        self.response_first = !self.response_first;
+        let order = if self.response_first {
+            [Way::Response, Way::Request]
+        } else {
+            [Way::Request, Way::Response]
+        };
+        let mut done = true;
+        for way in order {
+            match self.poll_way(cx, way) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => done = false,
+            }
+        }
+        if done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn poll_way(&mut self, cx: &mut Context<'_>, way: Way) -> Poll<Result<(), CopyError>> {
+        let (state, from, to, counter, direction) = match way {
+            Way::Request => (
+                &mut self.request,
+                &mut self.downstream,
+                &mut self.upstream,
+                &self.moved.downstream_to_upstream,
+                "downstream to upstream",
+            ),
+            Way::Response => (
+                &mut self.response,
+                &mut self.upstream,
+                &mut self.downstream,
+                &self.moved.upstream_to_downstream,
+                "upstream to downstream",
+            ),
+        };
+        one_way(cx, state, (from, to), counter, &mut self.last)
+            .map_err(|source| CopyError::Io { direction, source })
+    }
+
+    /// Ready once nothing has moved for the idle timeout.
+    fn poll_idle(&self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let due = self.last + self.idle;
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(due);
+        }
+    }
+}
+
+/// Moves what `from` reads to `to` until `from` ends and `to` is shut down.
+fn one_way(
+    cx: &mut Context<'_>,
+    state: &mut State,
+    (from, to): (&mut Side, &mut Side),
+    counter: &AtomicU64,
+    last: &mut Instant,
+) -> Poll<io::Result<()>> {
+    loop {
+        match state {
+            State::Reading => {
+                *state = match ready!(from.poll_read(cx))? {
+                    Some(chunk) => State::Writing(chunk),
+                    None => State::ShuttingDown,
+                };
+            }
+            State::Writing(data) => {
+                // Counted (and window given back) as each part goes, not once per chunk.
+                let n = ready!(to.poll_write(cx, data))?;
+                from.release(n);
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                *last = Instant::now();
+                if data.is_empty() {
+                    // Drops the view, so the reader's next `reserve` can reclaim its buffer.
+                    *state = State::Reading;
+                }
+            }
+            State::ShuttingDown => {
+                ready!(to.poll_shutdown(cx))?;
+                *state = State::Done;
+            }
+            State::Done => return Poll::Ready(Ok(())),
+        }
+    }
+}
+
+// === impl Side ===
+
+impl Side {
+    /// The next chunk read, `None` at the end of the stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         match self {
-            Self::Tcp(tcp) => tcp.read().await,
-            Self::H2(reader) => reader.read().await,
+            Self::Tcp(tcp) => tcp.poll_read(cx),
+            Self::H2(h2) => h2.reader.poll_read(cx),
         }
     }
 
+    /// Tells the reading half that `n` bytes it read were written onward.
     fn release(&mut self, n: usize) {
-        if let Self::H2(reader) = self {
-            reader.release(n);
+        if let Self::H2(h2) = self {
+            h2.reader.release(n);
         }
     }
 
-    /// The read buffer capacity this reader holds right now (none for a tunnel's, whose
-    /// buffers belong to HTTP/2).
+    /// Writes the front of `data` and advances it past what went.
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Tcp(tcp) => {
+                let n = ready!(Pin::new(&mut tcp.stream).poll_write(cx, data))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                data.advance(n);
+                Poll::Ready(Ok(n))
+            }
+            Self::H2(h2) => h2.writer.poll_write(cx, data),
+        }
+    }
+
+    /// Half-closes the writing half.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            // A peer that already closed both ways leaves nothing to half-close.
+            Self::Tcp(tcp) => match ready!(Pin::new(&mut tcp.stream).poll_shutdown(cx)) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+                other => Poll::Ready(other),
+            },
+            Self::H2(h2) => h2.writer.poll_shutdown(cx),
+        }
+    }
+
+    /// Fails the side visibly where the protocol can (an HTTP/2 reset).
+    fn reset(&mut self) {
+        if let Self::H2(h2) = self {
+            h2.writer.reset();
+        }
+    }
+
+    /// The read buffer capacity this side holds right now (none for a tunnel, whose buffers
+    /// belong to HTTP/2).
     #[cfg(test)]
     pub(crate) fn held_capacity(&self) -> usize {
         match self {
@@ -128,30 +360,30 @@ impl Reader {
     }
 }
 
-impl TcpReader {
+impl TcpSide {
     /// The next chunk read from the socket, `None` at its end.
-    async fn read(&mut self) -> io::Result<Option<Bytes>> {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         loop {
-            // Returns at once while the socket is known to have data (and keeps the task's
+            // Ready at once while the socket is known to have data (and keeps the task's
             // scheduling budget honest); the buffer was let go before any real wait.
-            self.half.readable().await?;
+            ready!(self.stream.poll_read_ready(cx))?;
             let buf = Self::room(&mut self.buf, &mut self.allocated, self.size);
             let room = buf.capacity() - buf.len();
-            match self.half.try_read_buf(buf) {
+            match self.stream.try_read_buf(buf) {
                 Ok(0) => {
                     self.buf = None;
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 Ok(n) => {
                     let chunk = buf.split().freeze();
                     self.size = next_size(self.size, room, n);
-                    return Ok(Some(chunk));
+                    return Poll::Ready(Ok(Some(chunk)));
                 }
                 // Ran dry (or the readiness was stale): hold nothing while waiting.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
                 Err(e) => {
                     self.buf = None;
-                    return Err(e);
+                    return Poll::Ready(Err(e));
                 }
             }
         }
@@ -187,141 +419,6 @@ fn next_size(size: usize, room: usize, n: usize) -> usize {
         (size / 2).max(MIN_BUFFER)
     } else {
         size
-    }
-}
-
-impl Writer {
-    async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        match self {
-            Self::Tcp(half) => half.write_all(&data).await,
-            Self::H2(writer) => writer.write(data).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            // A peer that already closed both ways leaves nothing to half-close.
-            Self::Tcp(half) => match half.shutdown().await {
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                other => other,
-            },
-            Self::H2(writer) => writer.shutdown().await,
-        }
-    }
-}
-
-/// Splits a TCP stream into its two copy halves.
-pub(crate) fn tcp(stream: TcpStream) -> (Reader, Writer) {
-    let (read, write) = stream.into_split();
-    (Reader::tcp(read), Writer::Tcp(write))
-}
-
-/// Splits a tunnel into its two copy halves.
-pub(crate) fn h2(stream: H2Stream) -> (Reader, Writer) {
-    (Reader::H2(stream.reader), Writer::H2(stream.writer))
-}
-
-// === copying ===
-
-/// Copies between `downstream` (the side that opened the connection) and `upstream` until both
-/// directions have ended, one fails, or nothing moved for `idle`. Counts into `moved`.
-pub(crate) async fn bidirectional(
-    downstream: (Reader, Writer),
-    upstream: (Reader, Writer),
-    idle: Duration,
-    moved: &Transferred,
-) -> Result<(), CopyError> {
-    let (mut down_r, mut down_w) = downstream;
-    let (mut up_r, mut up_w) = upstream;
-    let activity = Activity::new();
-    let request = one_way(
-        &mut down_r,
-        &mut up_w,
-        &moved.downstream_to_upstream,
-        &activity,
-    );
-    let response = one_way(
-        &mut up_r,
-        &mut down_w,
-        &moved.upstream_to_downstream,
-        &activity,
-    );
-    let both = async {
-        tokio::try_join!(
-            async {
-                request.await.map_err(|source| CopyError::Io {
-                    direction: "downstream to upstream",
-                    source,
-                })
-            },
-            async {
-                response.await.map_err(|source| CopyError::Io {
-                    direction: "upstream to downstream",
-                    source,
-                })
-            },
-        )
-    };
-    let result = tokio::select! {
-        result = both => result.map(|_| ()),
-        () = activity.idle(idle) => Err(CopyError::Idle(idle)),
-    };
-    if result.is_err() {
-        // Make the failure visible to an HBONE peer instead of a clean end of stream.
-        for w in [&mut up_w, &mut down_w] {
-            if let Writer::H2(h2) = w {
-                h2.reset();
-            }
-        }
-    }
-    result
-}
-
-async fn one_way(
-    from: &mut Reader,
-    to: &mut Writer,
-    counter: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    while let Some(chunk) = from.read().await? {
-        let n = chunk.len();
-        to.write(chunk).await?;
-        from.release(n);
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
-    }
-    to.shutdown().await
-}
-
-/// When bytes last moved, for the idle timeout.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `idle`.
-    async fn idle(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = last + idle;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due).await;
-        }
     }
 }
 

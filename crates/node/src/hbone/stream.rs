@@ -4,13 +4,16 @@
 //! grants (`reserve_capacity` / `poll_capacity`), and the reader gives window back only after
 //! the bytes it handed out were written onward ([`H2Reader::release`]), so a slow destination
 //! slows its source instead of filling memory. Data moves as [`Bytes`] handles: what the copy
-//! read is sent as DATA frames without another copy (`Bytes::split_to` only moves pointers).
+//! read is sent as DATA frames without another copy (`Bytes::slice` only moves pointers).
+//!
+//! The methods are poll-based so that the copy (`crate::copy`) can drive both halves from one
+//! small hand-written state instead of holding an `async` future per operation.
 
-use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 
 use super::pool::StreamLease;
@@ -19,14 +22,12 @@ use super::pool::StreamLease;
 #[derive(Debug)]
 pub(crate) struct H2Reader {
     recv: RecvStream,
-    _lease: Option<Arc<StreamLease>>,
 }
 
 /// The sending half of a tunnel.
 #[derive(Debug)]
 pub(crate) struct H2Writer {
     send: SendStream<Bytes>,
-    _lease: Option<Arc<StreamLease>>,
 }
 
 /// Both halves of one tunnel.
@@ -34,10 +35,11 @@ pub(crate) struct H2Writer {
 pub(crate) struct H2Stream {
     pub(crate) reader: H2Reader,
     pub(crate) writer: H2Writer,
+    _lease: Option<Arc<StreamLease>>,
 }
 
 impl H2Stream {
-    /// A tunnel over `send`/`recv`. `lease` is held until both halves are dropped (a pooled
+    /// A tunnel over `send`/`recv`. `lease` is held until the tunnel is dropped (a pooled
     /// connection counts its streams with it).
     pub(crate) fn new(
         send: SendStream<Bytes>,
@@ -45,14 +47,9 @@ impl H2Stream {
         lease: Option<Arc<StreamLease>>,
     ) -> Self {
         Self {
-            reader: H2Reader {
-                recv,
-                _lease: lease.clone(),
-            },
-            writer: H2Writer {
-                send,
-                _lease: lease,
-            },
+            reader: H2Reader { recv },
+            writer: H2Writer { send },
+            _lease: lease,
         }
     }
 }
@@ -60,23 +57,23 @@ impl H2Stream {
 impl H2Reader {
     /// The next chunk of data, `None` at the end of the stream. A reset with `NO_ERROR` or
     /// `CANCEL` is the peer closing, read as the end.
-    pub(crate) async fn read(&mut self) -> io::Result<Option<Bytes>> {
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         loop {
-            match self.recv.data().await {
-                None => return Ok(None),
+            return Poll::Ready(match ready!(self.recv.poll_data(cx)) {
+                None => Ok(None),
                 Some(Ok(chunk)) if chunk.is_empty() => {
                     if self.recv.is_end_stream() {
-                        return Ok(None);
+                        Ok(None)
+                    } else {
+                        continue;
                     }
                 }
-                Some(Ok(chunk)) => return Ok(Some(chunk)),
-                Some(Err(e)) => {
-                    return match e.reason() {
-                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(None),
-                        _ => Err(h2_to_io(e)),
-                    };
-                }
-            }
+                Some(Ok(chunk)) => Ok(Some(chunk)),
+                Some(Err(e)) => match e.reason() {
+                    Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(None),
+                    _ => Err(h2_to_io(e)),
+                },
+            });
         }
     }
 
@@ -88,29 +85,40 @@ impl H2Reader {
 }
 
 impl H2Writer {
-    /// Sends `data`, waiting for window as needed.
-    pub(crate) async fn write(&mut self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
+    /// Sends the front of `data`, as much as the peer's window grants (waiting for some), and
+    /// returns how many bytes went; `data` keeps the rest.
+    ///
+    /// A failed send leaves `data` as it was, so polling again after `Pending` (while the
+    /// peer's reset reason is awaited) repeats the same failure.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        loop {
             self.send.reserve_capacity(data.len());
-            let granted = match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+            let granted = match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(0)) => continue,
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(self.reset_error(e).await),
-                None => return Err(self.closed().await),
+                Some(Ok(n)) => n.min(data.len()),
+                Some(Err(e)) => return self.poll_reset_error(cx, e).map(Err),
+                None => return self.poll_closed(cx).map(Err),
             };
-            let chunk = data.split_to(granted.min(data.len()));
-            if let Err(e) = self.send.send_data(chunk, false) {
-                return Err(self.reset_error(e).await);
-            }
+            // A view of the front; `data` gives it up only once h2 has taken it.
+            return match self.send.send_data(data.slice(..granted), false) {
+                Ok(()) => {
+                    data.advance(granted);
+                    Poll::Ready(Ok(granted))
+                }
+                Err(e) => self.poll_reset_error(cx, e).map(Err),
+            };
         }
-        Ok(())
     }
 
     /// Half-closes the tunnel: END_STREAM, the TCP FIN of HBONE.
-    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.send.send_data(Bytes::new(), true) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.reset_error(e).await),
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => self.poll_reset_error(cx, e).map(Err),
         }
     }
 
@@ -120,21 +128,21 @@ impl H2Writer {
     }
 
     /// The error to report after a failed send: the peer's reset reason if it sent one.
-    async fn reset_error(&mut self, e: h2::Error) -> io::Error {
+    fn poll_reset_error(&mut self, cx: &mut Context<'_>, e: h2::Error) -> Poll<io::Error> {
         if e.is_io() || e.is_go_away() {
-            return h2_to_io(e);
+            return Poll::Ready(h2_to_io(e));
         }
-        self.closed().await
+        self.poll_closed(cx)
     }
 
-    async fn closed(&mut self) -> io::Error {
-        match poll_fn(|cx| self.send.poll_reset(cx)).await {
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        Poll::Ready(match ready!(self.send.poll_reset(cx)) {
             Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED) => {
                 io::ErrorKind::BrokenPipe.into()
             }
             Ok(reason) => io::Error::other(h2::Error::from(reason)),
             Err(e) => h2_to_io(e),
-        }
+        })
     }
 }
 

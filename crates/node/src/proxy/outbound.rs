@@ -32,7 +32,7 @@ use super::drain::Kind;
 use super::scope::Scope;
 use super::socket::{self, original_dst};
 use super::socks5::{self, Reply};
-use crate::copy::{self, Reader, Transferred, Writer};
+use crate::copy::{self, Side, Transferred};
 use crate::hbone::client::{self, ConnectRequest};
 use crate::hbone::headers;
 use crate::hbone::pool::PoolKey;
@@ -232,7 +232,7 @@ async fn connect(
     source: &Workload,
     src: SocketAddr,
     route: &Route,
-) -> Result<(Reader, Writer), OutboundError> {
+) -> Result<Side, OutboundError> {
     let timeouts = &inputs.config.timeouts;
     match route {
         Route::Tcp(addr) => {
