@@ -13,6 +13,14 @@ async fn pair() -> (TcpStream, TcpStream) {
     (client.unwrap(), server.unwrap().0)
 }
 
+/// An application client, the proxy's two TCP sides (toward the client and toward the server)
+/// and the application server, connected in that order.
+async fn app_proxy_app() -> (TcpStream, Side, Side, TcpStream) {
+    let (app_client, proxy_down) = pair().await;
+    let (proxy_up, app_server) = pair().await;
+    (app_client, tcp(proxy_down), tcp(proxy_up), app_server)
+}
+
 /// The next chunk `side` reads.
 async fn read(side: &mut Side) -> io::Result<Option<Bytes>> {
     poll_fn(|cx| side.poll_read(cx)).await
@@ -55,15 +63,9 @@ async fn tunnel(window: u32) -> (H2Stream, H2Stream) {
 
 #[tokio::test]
 async fn tcp_to_tcp_half_close_and_counts() {
-    let (mut app_client, proxy_down) = pair().await;
-    let (proxy_up, mut app_server) = pair().await;
+    let (mut app_client, down, up, mut app_server) = app_proxy_app().await;
     let moved = Transferred::default();
-    let copy = bidirectional(
-        tcp(proxy_down),
-        tcp(proxy_up),
-        Duration::from_secs(5),
-        &moved,
-    );
+    let copy = bidirectional(down, up, Duration::from_secs(5), &moved);
     let peers = async {
         app_client.write_all(b"hello").await.unwrap();
         app_client.shutdown().await.unwrap();
@@ -87,13 +89,12 @@ async fn tcp_to_tcp_half_close_and_counts() {
 async fn tcp_through_a_tunnel_respects_a_small_window() {
     const SIZE: usize = 2 * 1024 * 1024;
     let (client_tunnel, server_tunnel) = tunnel(16 * 1024).await;
-    let (mut app_client, proxy_down) = pair().await;
-    let (proxy_up, mut app_server) = pair().await;
+    let (mut app_client, down, up, mut app_server) = app_proxy_app().await;
     let moved_out = Transferred::default();
     let moved_in = Transferred::default();
     let idle = Duration::from_secs(5);
-    let outbound = bidirectional(tcp(proxy_down), h2(client_tunnel), idle, &moved_out);
-    let inbound = bidirectional(h2(server_tunnel), tcp(proxy_up), idle, &moved_in);
+    let outbound = bidirectional(down, h2(client_tunnel), idle, &moved_out);
+    let inbound = bidirectional(h2(server_tunnel), up, idle, &moved_in);
     let peers = async {
         let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
         let writer = async {
@@ -160,16 +161,9 @@ async fn an_error_one_way_ends_both_and_resets_the_tunnel() {
 
 #[tokio::test]
 async fn a_connection_idle_both_ways_is_closed() {
-    let (_app_client, proxy_down) = pair().await;
-    let (proxy_up, _app_server) = pair().await;
+    let (_app_client, down, up, _app_server) = app_proxy_app().await;
     let moved = Transferred::default();
-    let result = bidirectional(
-        tcp(proxy_down),
-        tcp(proxy_up),
-        Duration::from_millis(100),
-        &moved,
-    )
-    .await;
+    let result = bidirectional(down, up, Duration::from_millis(100), &moved).await;
     assert!(matches!(result, Err(CopyError::Idle(_))), "{result:?}");
 }
 
@@ -200,11 +194,10 @@ async fn an_idle_reader_holds_no_buffer() {
 
 #[tokio::test]
 async fn idle_connections_through_the_copy_hold_no_buffers() {
-    let (mut app_client, proxy_down) = pair().await;
-    let (proxy_up, mut app_server) = pair().await;
+    let (mut app_client, down, up, mut app_server) = app_proxy_app().await;
     let moved = Transferred::default();
     let idle = Duration::from_secs(5);
-    let mut copying = Copying::new(tcp(proxy_down), tcp(proxy_up), idle, &moved);
+    let mut copying = Copying::new(down, up, idle, &moved);
     let exchange = async {
         app_client.write_all(b"ping").await.unwrap();
         let mut got = [0; 4];
@@ -268,15 +261,9 @@ async fn read_buffers_grow_with_bulk_data_and_shrink_with_small_reads() {
 
 #[tokio::test]
 async fn the_copy_of_a_connection_is_small() {
-    let (_app_client, proxy_down) = pair().await;
-    let (proxy_up, _app_server) = pair().await;
+    let (_app_client, down, up, _app_server) = app_proxy_app().await;
     let moved = Transferred::default();
-    let copy = bidirectional(
-        tcp(proxy_down),
-        tcp(proxy_up),
-        Duration::from_secs(5),
-        &moved,
-    );
+    let copy = bidirectional(down, up, Duration::from_secs(5), &moved);
     // Held for a connection's whole life, idle or not: the largest part of what an idle
     // connection costs before this was a hand-written state (about 3.8 KB).
     const LIMIT: usize = 640;
