@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::Dispatch;
 
@@ -205,18 +205,11 @@ impl Queue {
         }
         state.flushers += 1;
         self.work.notify_one();
-        let deadline = Instant::now() + FLUSH_LIMIT;
-        while state.written < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .done
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let mut state = self
+            .done
+            .wait_timeout_while(state, FLUSH_LIMIT, |s| s.written < target)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
         state.flushers -= 1;
     }
 
@@ -247,18 +240,13 @@ impl Queue {
                 return; // closed, and nothing left
             }
             state.writer = Writer::Gathering;
-            let until = Instant::now() + GATHER;
-            while state.flushers == 0 && !state.closed && state.entries.len() < self.capacity / 2 {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = self
-                    .work
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            state = self
+                .work
+                .wait_timeout_while(state, GATHER, |s| {
+                    s.flushers == 0 && !s.closed && s.entries.len() < self.capacity / 2
+                })
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             state.writer = Writer::Writing;
             std::mem::swap(&mut state.entries, &mut batch);
             drop(state);
