@@ -24,23 +24,12 @@ mod iptables;
 mod nft;
 
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
 use ambit_netns::Netns;
 
-/// Source address of kubelet probes once Istio's CNI has SNATed them: never redirected.
-pub const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
-/// The node proxy's outbound listener in each pod netns.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// The node proxy's inbound plaintext (passthrough) listener in each pod netns.
-pub const INBOUND_PASSTHROUGH_PORT: u16 = 15006;
-/// The node proxy's HBONE listener in each pod netns.
-pub const HBONE_PORT: u16 = 15008;
-/// The mark the node proxy puts on every socket it opens in a pod netns (1337).
-pub const PROXY_MARK: u32 = 0x539;
-/// The bits of the mark that carry [`PROXY_MARK`].
+/// The bits of the mark that carry the proxy's mark ([`ambit_proto::ports::PROXY_MARK`]).
 pub const PROXY_MARK_MASK: u32 = 0xfff;
 
 /// Which tool writes the rules, as configured.

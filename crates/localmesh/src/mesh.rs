@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ambit_proto::ports;
+
 use crate::cluster::{Cluster, Pod};
 use crate::http;
 use crate::process::{LineSink, Role};
@@ -130,11 +132,11 @@ impl LocalMesh {
                 "--bootstrap-tokens",
                 &dir.join("bootstrap-tokens").display().to_string(),
                 "--plaintext-addr",
-                &format!("{control_ip}:15010"),
+                &format!("{control_ip}:{}", ports::XDS_PLAINTEXT),
                 "--tls-addr",
-                &format!("{control_ip}:15012"),
+                &format!("{control_ip}:{}", ports::XDS_TLS),
                 "--monitoring-addr",
-                &format!("{control_ip}:15014"),
+                &format!("{control_ip}:{}", ports::MONITORING),
                 "--debounce-ms",
                 "20",
                 "--poll-ms",
@@ -144,7 +146,7 @@ impl LocalMesh {
         )
         .map_err(io("start the control plane"))?;
         wait_http(
-            SocketAddr::from((control_ip, 15014)),
+            SocketAddr::from((control_ip, ports::MONITORING)),
             "/ready",
             "control plane",
         )?;
@@ -201,7 +203,7 @@ impl LocalMesh {
     }
 
     pub fn control_monitoring(&self) -> SocketAddr {
-        SocketAddr::from((self.options.roles, 15014))
+        SocketAddr::from((self.options.roles, ports::MONITORING))
     }
 
     /// The directory holding manifests, CA, tokens and sockets.
@@ -286,9 +288,9 @@ impl LocalMesh {
             .iter()
             .find(|n| n.name == name)
             .map(|n| NodeAddrs {
-                admin: SocketAddr::from((n.ip, 15000)),
-                stats: SocketAddr::from((n.ip, 15020)),
-                readiness: SocketAddr::from((n.ip, 15021)),
+                admin: SocketAddr::from((n.ip, ports::ADMIN)),
+                stats: SocketAddr::from((n.ip, ports::STATS)),
+                readiness: SocketAddr::from((n.ip, ports::READINESS)),
             })
     }
 
@@ -343,7 +345,7 @@ impl LocalMesh {
                 "--state-dir",
                 &node_dir.join("cni-state").display().to_string(),
                 "--xds-address",
-                &format!("{control}:15010"),
+                &format!("{control}:{}", ports::XDS_PLAINTEXT),
                 "--xds-plaintext",
             ]),
             self.options.sink.clone(),
@@ -372,7 +374,7 @@ impl LocalMesh {
                     "--node-name",
                     &name,
                     "--xds-address",
-                    &format!("{control}:15012"),
+                    &format!("{control}:{}", ports::XDS_TLS),
                     "--server-name",
                     "istiod.istio-system.svc",
                     "--root-cert",
@@ -389,11 +391,11 @@ impl LocalMesh {
                     "--socks5-addr",
                     "off",
                     "--admin-addr",
-                    &format!("{ip}:15000"),
+                    &format!("{ip}:{}", ports::ADMIN),
                     "--stats-addr",
-                    &format!("{ip}:15020"),
+                    &format!("{ip}:{}", ports::STATS),
                     "--readiness-addr",
-                    &format!("{ip}:15021"),
+                    &format!("{ip}:{}", ports::READINESS),
                     "--drain-seconds",
                     "2",
                 ]))
@@ -409,7 +411,7 @@ impl LocalMesh {
     fn wait_proxy_ready(&self, k: usize) -> Result<(), MeshError> {
         let node = &self.nodes[k];
         wait_http(
-            SocketAddr::from((node.ip, 15021)),
+            SocketAddr::from((node.ip, ports::READINESS)),
             "/healthz/ready",
             &format!("node proxy of {}", node.name),
         )

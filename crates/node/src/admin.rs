@@ -31,16 +31,19 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use ambit_proto::ports;
+
 use crate::telemetry::{Metrics, Telemetry};
 
 /// ztunnel's admin address: loopback only.
-pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::ADMIN);
 /// ztunnel's stats address.
 pub const DEFAULT_STATS_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::STATS);
 /// ztunnel's readiness address.
 pub const DEFAULT_READINESS_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15021);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::READINESS);
 
 /// Answers whether the proxy is ready; `Err` carries the reason shown with the 503.
 pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;

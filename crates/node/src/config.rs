@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_identity::TrustDomain;
+use ambit_proto::ports;
 
 use crate::telemetry::{LogFormat, Metrics, Telemetry};
-
-/// The port HBONE is served on and dialed at, on every workload address (Istio's 15008).
-pub const HBONE_PORT: u16 = 15008;
 
 /// Everything a node proxy needs to start.
 #[derive(Debug, Clone)]
@@ -159,7 +157,7 @@ impl NodeConfig {
             source,
             certificates,
             listeners: ListenerConfig::default(),
-            peer_hbone_port: HBONE_PORT,
+            peer_hbone_port: ports::HBONE,
             drain_deadline: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             pool: PoolConfig::default(),
@@ -172,16 +170,14 @@ impl NodeConfig {
 impl InPodConfig {
     /// Istio's default ZDS socket.
     pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
-    /// Istio's default mark of the proxy's own sockets.
-    pub const DEFAULT_MARK: u32 = 0x539;
 
     /// Istio's mark and ports, with the ZDS socket at `zds_socket`.
     pub fn new(zds_socket: impl Into<PathBuf>) -> Self {
         Self {
             zds_socket: zds_socket.into(),
-            mark: Self::DEFAULT_MARK,
-            outbound_port: 15001,
-            inbound_passthrough_port: 15006,
+            mark: ports::PROXY_MARK,
+            outbound_port: ports::OUTBOUND,
+            inbound_passthrough_port: ports::INBOUND_PASSTHROUGH,
         }
     }
 }
@@ -209,10 +205,10 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         let on = |port| Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
         Self {
-            outbound: on(15001),
-            inbound_passthrough: on(15006),
-            socks5: on(15080),
-            hbone_port: HBONE_PORT,
+            outbound: on(ports::OUTBOUND),
+            inbound_passthrough: on(ports::INBOUND_PASSTHROUGH),
+            socks5: on(ports::SOCKS5),
+            hbone_port: ports::HBONE,
         }
     }
 }
@@ -225,7 +221,7 @@ impl ListenerConfig {
             outbound: any,
             inbound_passthrough: any,
             socks5: any,
-            hbone_port: HBONE_PORT,
+            hbone_port: ports::HBONE,
         }
     }
 }

@@ -17,6 +17,9 @@
 //! | [`envoy::type::v3`] | `envoy.type.v3` | `SemanticVersion` |
 //! | [`google::rpc`] | `google.rpc` | `Status`, the error carried by an xDS NACK |
 //!
+//! [`ports`] holds Istio's port numbers, the probe source address and the proxy's socket mark,
+//! shared by every role.
+//!
 //! Google's well-known types (`Any`, `Struct`, `Duration`, `Empty`, the
 //! wrappers) come from [`prost_types`], with prost's usual mapping: `Empty`
 //! is `()` and `UInt32Value` is `Option<u32>`.
@@ -122,6 +125,8 @@ pub mod google {
         "google.rpc.rs"
     );
 }
+
+pub mod ports;
 
 /// Type URL of WDS address resources ([`workload::Address`]).
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

@@ -1,9 +1,10 @@
 //! `ambit config`: show what the control plane serves, as tables or JSON.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use ambit_proto::ports;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -14,7 +15,7 @@ pub(crate) struct ConfigArgs {
     what: What,
 
     /// The control plane's monitoring address.
-    #[arg(long, global = true, default_value = "127.0.0.1:15014")]
+    #[arg(long, global = true, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, ports::MONITORING)))]
     control_plane: SocketAddr,
 
     /// Output format.

@@ -1,12 +1,14 @@
 //! `ambit control`: run the control plane (istiod's ambient subset).
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ambit_control::{ControlConfig, ControlPlane, SourceConfig};
 use ambit_identity::TrustDomain;
 use ambit_model::MeshConfig;
+use ambit_proto::ports;
 use anyhow::Context;
 use clap::Args;
 
@@ -43,7 +45,7 @@ pub(crate) struct ControlArgs {
     domain_suffix: String,
 
     /// Plaintext WDS; keep it on loopback. `off` disables it.
-    #[arg(long, default_value = "127.0.0.1:15010", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(Ipv4Addr::LOCALHOST, ports::XDS_PLAINTEXT), value_parser = parse_addr)]
     plaintext_addr: Listen,
 
     /// WDS and CA over TLS, bearer token required (needs --bootstrap-tokens). `off` disables it.
@@ -51,7 +53,7 @@ pub(crate) struct ControlArgs {
     tls_addr: Listen,
 
     /// `/metrics`, `/ready` and `/debug/…`. `off` disables it.
-    #[arg(long, default_value = "127.0.0.1:15014", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(Ipv4Addr::LOCALHOST, ports::MONITORING), value_parser = parse_addr)]
     monitoring_addr: Listen,
 
     /// Quiet time after a change before pushing, in milliseconds.
@@ -120,6 +122,22 @@ pub(crate) fn run(args: ControlArgs) -> anyhow::Result<()> {
 /// A listen address, or `off`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Listen(pub(crate) Option<SocketAddr>);
+
+impl Listen {
+    /// `ip:port` (a flag's default).
+    pub(crate) fn on(ip: Ipv4Addr, port: u16) -> Self {
+        Self(Some(SocketAddr::from((ip, port))))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
 
 pub(crate) fn parse_addr(s: &str) -> Result<Listen, String> {
     if s == "off" {

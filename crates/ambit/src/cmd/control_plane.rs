@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use ambit_node::config::{ControlPlaneEndpoint, ControlPlaneTls};
+use ambit_proto::ports;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -12,7 +13,7 @@ pub(crate) struct ControlPlaneArgs {
     #[arg(
         long,
         env = "XDS_ADDRESS",
-        default_value = "istiod.istio-system.svc:15012"
+        default_value_t = format!("istiod.istio-system.svc:{}", ports::XDS_TLS)
     )]
     pub(crate) xds_address: String,
 

@@ -4,6 +4,7 @@
 //! (`XDS_ADDRESS`, `CA_ADDRESS`, `NODE_NAME`, `CLUSTER_ID`, …), so the DaemonSet of Istio's chart
 //! shape works unchanged.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +14,16 @@ use ambit_node::admin::{self, Admin, LogControl};
 use ambit_node::config::{CertificateSource, ConfigSource, InPodConfig, ListenerConfig};
 use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
 use ambit_node::{NodeConfig, NodeProxy};
+use ambit_proto::ports;
 use anyhow::Context;
 use clap::Args;
 
 use crate::cmd::control::{Listen, parse_addr};
 use crate::cmd::control_plane::ControlPlaneArgs;
 use crate::logging::LogHandle;
+
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const UNSPECIFIED: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
@@ -48,28 +53,28 @@ pub(crate) struct NodeArgs {
     local_config: Option<PathBuf>,
 
     /// Outbound capture listener (redirected connections, SO_ORIGINAL_DST).
-    #[arg(long, default_value = "127.0.0.1:15001", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(LOCALHOST, ports::OUTBOUND), value_parser = parse_addr)]
     outbound_addr: Listen,
 
     /// Inbound plaintext listener (connections from outside the mesh).
-    #[arg(long, default_value = "127.0.0.1:15006", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(LOCALHOST, ports::INBOUND_PASSTHROUGH), value_parser = parse_addr)]
     inbound_passthrough_addr: Listen,
 
     /// SOCKS5 outbound listener for applications that are not redirected.
-    #[arg(long, default_value = "127.0.0.1:15080", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(LOCALHOST, ports::SOCKS5), value_parser = parse_addr)]
     socks5_addr: Listen,
 
     /// Port of the HBONE listener opened on each local workload address.
-    #[arg(long, default_value_t = 15008)]
+    #[arg(long, default_value_t = ports::HBONE)]
     hbone_port: u16,
 
-    #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(LOCALHOST, ports::ADMIN), value_parser = parse_addr)]
     admin_addr: Listen,
 
-    #[arg(long, default_value = "0.0.0.0:15020", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(UNSPECIFIED, ports::STATS), value_parser = parse_addr)]
     stats_addr: Listen,
 
-    #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_addr)]
+    #[arg(long, default_value_t = Listen::on(UNSPECIFIED, ports::READINESS), value_parser = parse_addr)]
     readiness_addr: Listen,
 
     /// How long open connections may finish after SIGTERM before they are closed.
@@ -86,7 +91,7 @@ pub(crate) struct NodeArgs {
     inpod_uds: PathBuf,
 
     /// `SO_MARK` of the sockets the proxy opens inside pods (in-pod mode).
-    #[arg(long, env = "INPOD_MARK", default_value_t = InPodConfig::DEFAULT_MARK)]
+    #[arg(long, env = "INPOD_MARK", default_value_t = ports::PROXY_MARK)]
     inpod_mark: u32,
 
     /// Threads that carry connections (ztunnel's variable and default: 2, fewer on a machine

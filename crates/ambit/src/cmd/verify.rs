@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_proto::ports;
 use ambit_verify::admin::{self, ConfigDump, TcpMetrics};
 use ambit_verify::capture::{self, CaptureSpec};
 use ambit_verify::flows;
@@ -21,11 +22,9 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 /// Where a node proxy's admin server listens when no source of evidence is named.
-const DEFAULT_ADMIN: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), admin::ADMIN_PORT);
+const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::ADMIN);
 /// Where its stats server listens.
-const DEFAULT_STATS: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), admin::STATS_PORT);
+const DEFAULT_STATS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::STATS);
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {

@@ -11,11 +11,9 @@
 //! lines.
 
 use ambit_netns::Netns;
+use ambit_proto::ports::{HBONE, INBOUND_PASSTHROUGH, OUTBOUND, PROBE_SOURCE, PROXY_MARK};
 
-use super::{
-    HBONE_PORT, INBOUND_PASSTHROUGH_PORT, OUTBOUND_PORT, PROBE_SOURCE, PROXY_MARK, PROXY_MARK_MASK,
-    RulesError, run,
-};
+use super::{PROXY_MARK_MASK, RulesError, run};
 
 const PREROUTING: &str = "AMBIT_PREROUTING";
 const OUTPUT: &str = "AMBIT_OUTPUT";
@@ -111,11 +109,11 @@ fn rules(family: Family) -> Vec<String> {
         rules.push(format!("-A {PREROUTING} -s {PROBE_SOURCE}/32 -j ACCEPT"));
     }
     rules.extend([
-        format!("-A {PREROUTING} -p tcp -m tcp --dport {HBONE_PORT} -j ACCEPT"),
-        format!("-A {PREROUTING} -p tcp -j REDIRECT --to-ports {INBOUND_PASSTHROUGH_PORT}"),
+        format!("-A {PREROUTING} -p tcp -m tcp --dport {HBONE} -j ACCEPT"),
+        format!("-A {PREROUTING} -p tcp -j REDIRECT --to-ports {INBOUND_PASSTHROUGH}"),
         format!("-A {OUTPUT} -m mark --mark {PROXY_MARK:#x}/{PROXY_MARK_MASK:#x} -j ACCEPT"),
         format!("-A {OUTPUT} -o lo -j ACCEPT"),
-        format!("-A {OUTPUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"),
+        format!("-A {OUTPUT} -p tcp -j REDIRECT --to-ports {OUTBOUND}"),
     ]);
     rules
 }

@@ -7,11 +7,9 @@
 use std::fmt::Write as _;
 
 use ambit_netns::Netns;
+use ambit_proto::ports::{HBONE, INBOUND_PASSTHROUGH, OUTBOUND, PROBE_SOURCE, PROXY_MARK};
 
-use super::{
-    HBONE_PORT, INBOUND_PASSTHROUGH_PORT, OUTBOUND_PORT, PROBE_SOURCE, PROXY_MARK, PROXY_MARK_MASK,
-    RulesError, run, run_unchecked,
-};
+use super::{PROXY_MARK_MASK, RulesError, run, run_unchecked};
 
 const TABLE: &str = "inet ambit";
 
@@ -56,14 +54,14 @@ pub(super) fn ruleset() -> String {
   chain prerouting {{
     type nat hook prerouting priority -100; policy accept;
     ip saddr {PROBE_SOURCE} accept
-    tcp dport {HBONE_PORT} accept
-    meta l4proto tcp redirect to :{INBOUND_PASSTHROUGH_PORT}
+    tcp dport {HBONE} accept
+    meta l4proto tcp redirect to :{INBOUND_PASSTHROUGH}
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & {PROXY_MARK_MASK:#x} == {PROXY_MARK:#x} accept
     oifname \"lo\" accept
-    meta l4proto tcp redirect to :{OUTBOUND_PORT}
+    meta l4proto tcp redirect to :{OUTBOUND}
   }}
 }}
 "

@@ -21,10 +21,6 @@ pub use prometheus::{
     TrafficCounters, TrafficKey, parse_line,
 };
 
-/// ztunnel's admin port.
-pub const ADMIN_PORT: u16 = 15000;
-/// ztunnel's stats port.
-pub const STATS_PORT: u16 = 15020;
 /// How long one request may take, connect to last byte.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pcap::{Segment, TcpFlags};
+use ambit_proto::ports::HBONE;
 
-/// Istio's HBONE port: its client direction must open with a TLS ClientHello.
-pub const HBONE_PORT: u16 = 15008;
+use crate::pcap::{Segment, TcpFlags};
 
 /// One TCP connection as captured.
 #[derive(Debug, Clone)]
@@ -219,7 +218,7 @@ impl<'a> FlowBuilder<'a> {
         let (client_side, server_side) = if client == 0 { (a, b) } else { (b, a) };
         let closed = client_side.closed || server_side.closed;
         let (client_addr, server_addr) = (self.ends[client], self.ends[server]);
-        let hello_first = server_addr.port() == HBONE_PORT;
+        let hello_first = server_addr.port() == HBONE;
         Flow {
             client: client_addr,
             server: server_addr,
@@ -237,8 +236,8 @@ impl<'a> FlowBuilder<'a> {
 fn guess_client(ends: [SocketAddr; 2]) -> usize {
     let [a, b] = ends.map(|e| e.port());
     match (a, b) {
-        (HBONE_PORT, _) => 1,
-        (_, HBONE_PORT) => 0,
+        (HBONE, _) => 1,
+        (_, HBONE) => 0,
         _ if a < b => 1,
         _ => 0,
     }

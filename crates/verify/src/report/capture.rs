@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use ambit_proto::ports::HBONE;
+
 use super::{Endpoint, Inventory, Origin, Row, Status};
 use crate::admin::Workload;
-use crate::flows::{Class, Flow, HBONE_PORT};
+use crate::flows::{Class, Flow};
 
 /// Groups flows by (source address, destination address and port, status).
 pub(super) fn rows(inventory: &Inventory, flows: &[Flow], find: &[String]) -> Vec<Row> {
@@ -100,7 +102,7 @@ fn judge_flow(flow: &Flow, source: &Endpoint, destination: &Endpoint) -> (Status
     match (up, down) {
         (Class::Empty, Class::Empty) => (Status::NoData, "no payload captured".into()),
         (u, d) if secure(u) && secure(d) => {
-            if flow.server.port() == HBONE_PORT && destination.enrolled {
+            if flow.server.port() == HBONE && destination.enrolled {
                 (
                     Status::Mtls,
                     "TLS records both ways to the HBONE port".into(),

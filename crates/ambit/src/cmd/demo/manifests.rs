@@ -11,20 +11,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ambit_proto::ports;
 use anyhow::Context;
 
 /// The trust domain every identity of the demo belongs to.
 pub(super) const TRUST_DOMAIN: &str = "cluster.local";
 /// The DNS name the node proxies expect on the control plane's TLS certificate.
 pub(super) const CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
-
-const TLS_PORT: u16 = 15012;
-const MONITORING_PORT: u16 = 15014;
-const SOCKS5_PORT: u16 = 15080;
-const ADMIN_PORT: u16 = 15000;
-const STATS_PORT: u16 = 15020;
-const READINESS_PORT: u16 = 15021;
-const HBONE_PORT: u16 = ambit_node::config::HBONE_PORT;
 
 /// One pod of the demo, as its manifest describes it.
 #[derive(Debug, Clone, Copy)]
@@ -153,11 +146,11 @@ impl Layout {
     }
 
     pub(super) fn control_tls(&self) -> SocketAddr {
-        SocketAddr::from((self.control, TLS_PORT))
+        SocketAddr::from((self.control, ports::XDS_TLS))
     }
 
     pub(super) fn control_monitoring(&self) -> SocketAddr {
-        SocketAddr::from((self.control, MONITORING_PORT))
+        SocketAddr::from((self.control, ports::MONITORING))
     }
 
     /// The node proxy `pod` runs on (whose SOCKS5 listener it uses).
@@ -200,19 +193,19 @@ impl Layout {
 
 impl NodeAddrs {
     pub(super) fn socks5(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, SOCKS5_PORT))
+        SocketAddr::from((self.ip, ports::SOCKS5))
     }
 
     pub(super) fn admin(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, ADMIN_PORT))
+        SocketAddr::from((self.ip, ports::ADMIN))
     }
 
     pub(super) fn stats(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, STATS_PORT))
+        SocketAddr::from((self.ip, ports::STATS))
     }
 
     pub(super) fn readiness(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, READINESS_PORT))
+        SocketAddr::from((self.ip, ports::READINESS))
     }
 }
 
@@ -224,7 +217,7 @@ impl Pod {
 
     /// Where the node proxy accepts HBONE for this pod (enrolled pods only).
     pub(super) fn hbone(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, HBONE_PORT))
+        SocketAddr::from((self.ip, ports::HBONE))
     }
 
     pub(super) fn identity(&self) -> String {

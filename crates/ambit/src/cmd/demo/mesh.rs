@@ -188,7 +188,7 @@ impl Node {
             outbound: None,
             inbound_passthrough: None,
             socks5: Some(addrs.socks5()),
-            hbone_port: ambit_node::config::HBONE_PORT,
+            hbone_port: ambit_proto::ports::HBONE,
         };
         config.drain_deadline = DRAIN;
         config.telemetry = telemetry.clone();
