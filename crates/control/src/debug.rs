@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use ambit_authz::{Connection, PolicyIndex};
 use ambit_identity::SpiffeId;
-use ambit_model::authz::{Connection, PolicyIndex};
 use ambit_model::{ClusterState, MeshSnapshot};
 use ambit_proto::security::{Action, Authorization, Scope};
 use ambit_proto::workload::{TunnelProtocol, Workload, WorkloadStatus};
@@ -239,7 +239,10 @@ fn authorize_json(snapshot: &MeshSnapshot, query: &str) -> Result<Value, String>
         dst_ip,
         dst_port: port,
     };
-    let index = PolicyIndex::from_snapshot(snapshot);
+    let index = PolicyIndex::from_policies(
+        snapshot.authorizations.values(),
+        snapshot.dry_run_authorizations.values(),
+    );
     let evaluated = snapshot.with_dry_run(workload);
     let trace = index.trace(&evaluated, &conn);
     let policies: Vec<Value> = trace

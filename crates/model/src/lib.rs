@@ -11,7 +11,6 @@
 //! - Policy fields this version cannot enforce are kept (see [`istio`]) so the translation can fail
 //!   closed on them rather than drop them.
 
-pub mod authz;
 pub mod enroll;
 pub mod istio;
 pub mod manifest;

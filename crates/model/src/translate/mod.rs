@@ -71,7 +71,7 @@ pub struct MeshSnapshot {
     /// does not know such a flag would enforce the policy. So, as istiod does since 1.25, dry-run
     /// policies are neither served nor listed by workloads; they are kept apart here, so nothing
     /// that serves [`authorizations`](Self::authorizations) and [`workloads`](Self::workloads)
-    /// can leak them, and [`crate::authz::PolicyIndex::from_snapshot`] evaluates them in shadow
+    /// can leak them, and `ambit_authz::PolicyIndex::from_policies` evaluates them in shadow
     /// mode (the control plane's `/debug/authorize`).
     pub dry_run_authorizations: BTreeMap<String, Authorization>,
     /// The dry-run WORKLOAD_SELECTOR policies each workload (by uid) would list.

@@ -7,7 +7,7 @@
 //! an `Err(reason)` into a refusal (HTTP 403 on HBONE, a closed connection on the plaintext
 //! passthrough), logged with the reason and counted with `response_flags="DENY"`.
 
-use ambit_model::authz::{Connection, Target};
+use ambit_authz::{Connection, Target};
 use tracing::info;
 
 use super::conn::ConnInfo;

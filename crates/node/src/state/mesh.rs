@@ -20,7 +20,7 @@ pub struct MeshState {
     services: HashMap<String, Arc<Service>>,
     policies: BTreeMap<String, Arc<Authorization>>,
     /// The same policies compiled for evaluation (kept in step with `policies`).
-    policy_index: ambit_model::authz::PolicyIndex,
+    policy_index: ambit_authz::PolicyIndex,
     /// WDS resource name → what it named, so removals find their object whatever the naming.
     resources: HashMap<String, Named>,
     /// The reverse of `resources`: the resource name each object arrived under.
@@ -91,7 +91,7 @@ impl MeshState {
     }
 
     /// The policies compiled for [`authorize`](crate::proxy::authorize).
-    pub fn policy_index(&self) -> &ambit_model::authz::PolicyIndex {
+    pub fn policy_index(&self) -> &ambit_authz::PolicyIndex {
         &self.policy_index
     }
 

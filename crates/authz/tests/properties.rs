@@ -8,8 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ambit_authz::{Connection, PolicyIndex, Reason};
 use ambit_identity::SpiffeId;
-use ambit_model::authz::{Connection, PolicyIndex, Reason};
 use ambit_model::{ClusterState, MeshConfig, MeshSnapshot, manifest, translate};
 use proptest::prelude::*;
 
@@ -212,7 +212,10 @@ fn snapshot(yaml: &str) -> MeshSnapshot {
 
 /// `(allowed, denied by an explicit DENY)`.
 fn decide(snapshot: &MeshSnapshot, c: Conn) -> (bool, bool) {
-    let index = PolicyIndex::from_snapshot(snapshot);
+    let index = PolicyIndex::from_policies(
+        snapshot.authorizations.values(),
+        snapshot.dry_run_authorizations.values(),
+    );
     let (dst_ns, dst_name, dst_ip) = PODS[c.to];
     let workload = snapshot.with_dry_run(
         snapshot

@@ -12,7 +12,7 @@ use ambit_proto::security::{Address, Clause, Match, Rule as WireRule, StringMatc
 use proptest::prelude::*;
 
 use super::*;
-use crate::authz::Connection;
+use crate::Connection;
 
 /// The semantics of the module docs, written as directly as possible.
 fn reference(rules: &[Rule], peer: &Peer<'_>) -> Option<usize> {

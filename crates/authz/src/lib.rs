@@ -1,6 +1,10 @@
 //! L4 authorization: which policies apply to a destination workload, and whether they let a
 //! connection through.
 //!
+//! The engine depends only on the wire types (`ambit-proto`) and identities
+//! (`ambit-identity`), not on the Kubernetes model, so the node proxy carries it without
+//! k8s-openapi.
+//!
 //! The node proxy calls [`PolicyIndex::decide`] for every inbound connection (HBONE on 15008 and
 //! plaintext on 15006) before it forwards a byte; the control plane's `/debug/authorize` calls
 //! [`PolicyIndex::trace`] to explain a decision. Both take the `istio.security.Authorization`
@@ -38,8 +42,6 @@ use ambit_proto::workload::Workload;
 use serde::Serialize;
 
 pub use compiled::{CompiledPolicy, PolicyAction, PolicyScope};
-
-use crate::MeshSnapshot;
 
 /// What the destination node proxy knows about a connection when it authorizes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,15 +209,18 @@ impl PolicyIndex {
         Self::default()
     }
 
-    /// Every authorization of a translation, dry-run ones included (flagged as such). To see a
-    /// workload's dry-run WORKLOAD_SELECTOR policies, evaluate
-    /// [`MeshSnapshot::with_dry_run`] of it.
-    pub fn from_snapshot(snapshot: &MeshSnapshot) -> Self {
+    /// The `enforced` policies and the `dry_run` ones (flagged as such), e.g. every
+    /// authorization of a control plane's translation. To see a workload's dry-run
+    /// WORKLOAD_SELECTOR policies, evaluate the workload as listing them.
+    pub fn from_policies<'a>(
+        enforced: impl IntoIterator<Item = &'a Authorization>,
+        dry_run: impl IntoIterator<Item = &'a Authorization>,
+    ) -> Self {
         let mut index = Self::new();
-        for authorization in snapshot.authorizations.values() {
+        for authorization in enforced {
             index.insert(authorization, false);
         }
-        for authorization in snapshot.dry_run_authorizations.values() {
+        for authorization in dry_run {
             index.insert(authorization, true);
         }
         index

@@ -1,6 +1,6 @@
 //! Decision time per connection: 1,000 policies in the mesh, 20 of them selecting the
 //! destination (the target is < 2 µs), for policies of one and of two rules. Run with
-//! `cargo bench -p ambit-model --bench authz`; prints ns per decision (wall-clock, and on-CPU
+//! `cargo bench -p ambit-authz --bench authz`; prints ns per decision (wall-clock, and on-CPU
 //! time, which a loaded machine inflates less) and whether the slowest case meets the target;
 //! asserts only that the decisions are right. For a noise-free count, run the binary under
 //! `valgrind --tool=callgrind` with `AUTHZ_BENCH_BATCH=1000`.
@@ -10,8 +10,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use ambit_authz::{Connection, PolicyIndex};
 use ambit_identity::SpiffeId;
-use ambit_model::authz::{Connection, PolicyIndex};
 use ambit_proto::security::string_match::MatchType;
 use ambit_proto::security::{
     Action, Address, Authorization, Clause, Match, Rule, Scope, StringMatch,

@@ -10,8 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ambit_authz::{Connection, PolicyIndex};
 use ambit_identity::SpiffeId;
-use ambit_model::authz::{Connection, PolicyIndex};
 use ambit_model::{ClusterState, MeshConfig, MeshSnapshot, manifest, translate};
 
 const MESH: &str = "
@@ -413,7 +413,10 @@ fn authorization_table() {
     let mut failures = Vec::new();
     for case in &cases {
         let snapshot = mesh(&case.policies);
-        let index = PolicyIndex::from_snapshot(&snapshot);
+        let index = PolicyIndex::from_policies(
+            snapshot.authorizations.values(),
+            snapshot.dry_run_authorizations.values(),
+        );
         let (dst_ns, dst_name) = case.to.split_once('/').unwrap();
         let workload = snapshot.with_dry_run(
             snapshot
