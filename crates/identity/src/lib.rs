@@ -10,8 +10,11 @@
 //!   returns them (leaf first, root last).
 //! - [`manager`]: the node proxy's [`CertificateManager`]: one key and certificate per workload
 //!   identity, coalesced issuance, refresh at half-life, backoff while the CA fails, validation of
-//!   what the CA returns. It talks to the CA through [`CertificateSigner`] (gRPC later; in-process
-//!   via [`LocalSigner`] now).
+//!   what the CA returns. It talks to the CA through a [`CertificateSigner`]: the control
+//!   plane's CA over gRPC ([`grpc::CaClient`]) or an in-process CA ([`LocalSigner`]).
+//! - [`control_plane`]: the channel to the control plane that the node proxy and the capture
+//!   agent share: [`ControlPlaneEndpoint`] (address, TLS against the mesh root certificate, the
+//!   bearer token re-read on every use) and the gRPC channels ([`grpc`]) built from it.
 //! - [`tls`]: rustls client and server configs for HBONE mTLS: TLS 1.3 only, X25519MLKEM768
 //!   preferred, chains checked against the mesh roots and peers checked by SPIFFE id (never DNS
 //!   name), with failures classified by [`tls::classify`].
@@ -35,6 +38,7 @@
 
 pub mod ca;
 pub mod clock;
+pub mod control_plane;
 pub mod grpc;
 pub mod inspect;
 pub mod manager;
@@ -44,6 +48,7 @@ mod x509;
 
 pub use ca::{CaConfig, CaError, CertificateAuthority, IssuedChain};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use control_plane::{ControlPlaneEndpoint, ControlPlaneError, ControlPlaneTls};
 pub use manager::{
     CertificateManager, CertificateSigner, CertificateState, CertificateStatus, LocalSigner,
     ManagerConfig, ManagerError, SignError, WorkloadCertificate,

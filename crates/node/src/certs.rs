@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,7 +21,6 @@ use ambit_identity::{
     WorkloadCertificate,
 };
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, ServerConfig};
 
 /// How often certificates nobody fetched lately are checked for refresh.
@@ -43,20 +41,6 @@ pub enum CertError {
     Fetch(SpiffeId, #[source] ManagerError),
     #[error("cannot build the TLS configuration")]
     Tls(#[from] TlsError),
-}
-
-/// Why the mesh roots could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RootsError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    Empty { path: String },
 }
 
 /// Certificates per workload identity plus the trust they are checked against. Cheap to clone.
@@ -173,20 +157,4 @@ impl fmt::Debug for Certificates {
             .field("trust_domains", &self.trust_domains)
             .finish_non_exhaustive()
     }
-}
-
-/// Reads the PEM certificates of `path` (the mesh roots).
-pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsError> {
-    let display = || path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| RootsError::Read {
-        path: display(),
-        source,
-    })?;
-    let roots: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    if roots.is_empty() {
-        return Err(RootsError::Empty { path: display() });
-    }
-    Ok(roots)
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_identity::TrustDomain;
+use ambit_identity::{ControlPlaneEndpoint, TrustDomain};
 use ambit_proto::ports;
 
 use crate::telemetry::{LogFormat, Metrics, Telemetry};
@@ -68,27 +68,6 @@ pub enum ConfigSource {
     /// A static file of workloads and services (YAML or JSON, see [`crate::local_config`]):
     /// no control plane at all.
     LocalFile(PathBuf),
-}
-
-/// How to reach a control plane.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneEndpoint {
-    /// `host:port`: plaintext WDS on 15010, or TLS on 15012.
-    pub addr: String,
-    /// `None` for plaintext (loopback only; the CA is not served there).
-    pub tls: Option<ControlPlaneTls>,
-}
-
-/// TLS and authentication towards the control plane's 15012 port.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneTls {
-    /// DNS name the control plane's certificate must carry, e.g. `istiod.istio-system.svc`.
-    pub server_name: String,
-    /// PEM file of the mesh root certificate(s): trust for the control plane and for HBONE peers.
-    pub root_cert_file: PathBuf,
-    /// File holding the bearer token (a bootstrap token or a service-account JWT); re-read on
-    /// every connection so rotated tokens are picked up.
-    pub token_file: PathBuf,
 }
 
 /// Where workload certificates come from.
@@ -178,24 +157,6 @@ impl InPodConfig {
             mark: ports::PROXY_MARK,
             outbound_port: ports::OUTBOUND,
             inbound_passthrough_port: ports::INBOUND_PASSTHROUGH,
-        }
-    }
-}
-
-impl ControlPlaneEndpoint {
-    /// Plaintext WDS (15010): loopback use only.
-    pub fn plaintext(addr: impl Into<String>) -> Self {
-        Self {
-            addr: addr.into(),
-            tls: None,
-        }
-    }
-
-    /// WDS and CA over TLS (15012) with a bearer token.
-    pub fn tls(addr: impl Into<String>, tls: ControlPlaneTls) -> Self {
-        Self {
-            addr: addr.into(),
-            tls: Some(tls),
         }
     }
 }

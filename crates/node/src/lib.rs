@@ -21,7 +21,7 @@
 //! - [`state`]: [`ProxyState`], the mesh as WDS (or [`local_config`]) describes it, and the
 //!   JSON snapshots behind `/config_dump`.
 //! - [`certs`]: workload certificates and the TLS configs built from them.
-//! - [`control`]: channels to the control plane, the WDS client and the CA signer.
+//! - [`control`]: the WDS client (the channel to the control plane is `ambit_identity`'s).
 //! - [`telemetry`], [`admin`]: access logs, metrics, and the admin/stats/readiness servers.
 
 pub mod admin;

@@ -170,8 +170,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         });
         // The same channel and token as the node proxy's.
         let control_plane = args.control_plane.wds();
-        let channel = ambit_node::control::channel(&control_plane)?;
-        let wds = enrollment.start(channel, ambit_node::control::bearer_token(&control_plane));
+        let channel = control_plane.channel()?;
+        let wds = enrollment.start(channel, control_plane.bearer_token());
         let mut config = AgentConfig::new(
             &args.state_dir,
             ZdsConfig::new(&args.zds_socket),

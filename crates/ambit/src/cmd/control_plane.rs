@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ambit_node::config::{ControlPlaneEndpoint, ControlPlaneTls};
+use ambit_identity::{ControlPlaneEndpoint, ControlPlaneTls};
 use ambit_proto::ports;
 use clap::Args;
 

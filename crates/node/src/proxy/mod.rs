@@ -33,7 +33,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ambit_identity::{CaConfig, CertificateAuthority, LocalSigner};
+use ambit_identity::control_plane::{RootsError, read_roots};
+use ambit_identity::{CaConfig, CertificateAuthority, ControlPlaneError, LocalSigner};
 use ambit_xds::client::ClientHandle;
 use tracing::info;
 
@@ -44,9 +45,9 @@ use self::drain::Drain;
 pub use self::listeners::{BoundAddrs, Listeners};
 use self::scope::Scope;
 pub use self::socket::{DefaultSocketFactory, SocketFactory};
-use crate::certs::{Certificates, NodeSigner, RootsError, read_roots};
+use crate::certs::{Certificates, NodeSigner};
 use crate::config::{CertificateSource, ConfigSource, NodeConfig};
-use crate::control::{self, ControlError};
+use crate::control;
 use crate::hbone::pool::Pool;
 use crate::inpod::{InPod, InPodStatus};
 use crate::local_config::{LocalConfig, LocalConfigError};
@@ -68,7 +69,7 @@ pub enum StartError {
     #[error("local config")]
     LocalConfig(#[from] LocalConfigError),
     #[error("control plane")]
-    Control(#[from] ControlError),
+    Control(#[from] ControlPlaneError),
     #[error("mesh root certificates")]
     Roots(#[from] RootsError),
     #[error("local certificate authority in {dir}")]
@@ -274,13 +275,13 @@ fn certificates(config: &NodeConfig) -> Result<Option<Certificates>, StartError>
         CertificateSource::None => None,
         CertificateSource::ControlPlane(endpoint) => {
             let Some(tls) = &endpoint.tls else {
-                return Err(ControlError::CaNeedsTls {
+                return Err(ControlPlaneError::CaNeedsTls {
                     addr: endpoint.addr.clone(),
                 }
                 .into());
             };
             let roots = read_roots(&tls.root_cert_file)?;
-            let client = control::ca_client(endpoint)?;
+            let client = endpoint.ca_client()?;
             Some(Certificates::new(NodeSigner::Ca(client), roots, td))
         }
         CertificateSource::LocalCa(dir) => {

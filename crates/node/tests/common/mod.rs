@@ -15,13 +15,10 @@ use std::time::Duration;
 use ambit_control::{ControlConfig, ControlPlane, SourceConfig};
 use ambit_identity::grpc::{CaClient, tls_channel};
 use ambit_identity::manager::{CertificateManager, ManagerConfig};
-use ambit_identity::{SpiffeId, SystemClock, TrustDomain};
+use ambit_identity::{ControlPlaneEndpoint, ControlPlaneTls, SpiffeId, SystemClock, TrustDomain};
 use ambit_model::MeshConfig;
 use ambit_node::NodeProxy;
-use ambit_node::config::{
-    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, ListenerConfig,
-    NodeConfig,
-};
+use ambit_node::config::{CertificateSource, ConfigSource, ListenerConfig, NodeConfig};
 use ambit_testkit::{LoopbackAddrs, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use ambit_control::{ControlConfig, ControlPlane, SourceConfig};
 use ambit_identity::TrustDomain;
+use ambit_identity::{ControlPlaneEndpoint, ControlPlaneTls};
 use ambit_model::MeshConfig;
 use ambit_node::admin::{self, Admin, LogControl};
-use ambit_node::config::{
-    CertificateSource, ConfigSource, ControlPlaneEndpoint, ControlPlaneTls, ListenerConfig,
-};
+use ambit_node::config::{CertificateSource, ConfigSource, ListenerConfig};
 use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
 use ambit_node::{NodeConfig, NodeProxy};
 use anyhow::{Context, bail};
