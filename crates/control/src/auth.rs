@@ -3,8 +3,9 @@
 //! Two authenticators, one per deployment:
 //! - [`BootstrapTokens`]: a file of per-node tokens, for the local mesh and hosts without
 //!   Kubernetes. Only digests of the tokens are kept in memory and compared.
-//! - `TokenReview` (in [`crate::source::kube`]): the caller's service-account JWT, checked by the
-//!   Kubernetes API server for audience `istio-ca`.
+//! - [`TokenReviewAuthenticator`](crate::token_review::TokenReviewAuthenticator): the caller's
+//!   projected service-account token, checked by the Kubernetes API server for audience
+//!   `istio-ca`, and the pod it is bound to.
 //!
 //! Authentication says who the caller is; what it may have is decided by the CA service.
 
@@ -39,6 +40,9 @@ pub enum AuthError {
     MissingToken,
     #[error("the bearer token is not valid: {0}")]
     Invalid(String),
+    /// A token that was checked and refused (expired, of the wrong account, its pod gone).
+    #[error("the bearer token is refused: {0}")]
+    Refused(String),
     #[error("the token could not be checked: {0}")]
     Unavailable(String),
 }
@@ -71,6 +75,7 @@ impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+            AuthError::Refused(_) => tonic::Status::permission_denied(e.to_string()),
             _ => tonic::Status::unauthenticated(e.to_string()),
         }
     }

@@ -11,15 +11,20 @@
 //!   or a node proxy on whose node a pod of X runs).
 
 pub mod auth;
+pub mod ca_bootstrap;
 pub mod ca_service;
 mod debug;
 mod http;
+pub mod readiness;
 mod resources;
+pub mod root_publisher;
 mod run;
 mod shared;
 mod snapshot_view;
 pub mod source;
 mod tls_listener;
+pub mod token_review;
 
+pub use readiness::Readiness;
 pub use run::{BoundAddrs, ControlConfig, ControlPlane, SourceConfig, StartError};
 pub use shared::SharedState;

@@ -1,12 +1,16 @@
 //! Composition: sources → translation → WDS, the CA service, the listeners.
 //!
-//! [`ControlPlane::start`] binds every listener before returning (so a caller passing port 0
-//! learns the real addresses), loads or creates the CA, reads the source once so the first
-//! client already gets the full state, then runs everything as tasks.
+//! [`ControlPlane::start`] serves the monitoring port first (so `/ready` can say what start-up
+//! waits for), loads or creates the CA, and waits until the source has delivered its whole view:
+//! a directory is read once; from the Kubernetes API every watched kind must have completed its
+//! first list, however long that takes (a kind that never lists, say a missing CRD or RBAC rule,
+//! keeps the control plane not ready and says so, rather than serving a view without it). Only
+//! then does it translate, bind the WDS and CA listeners and return, so the first client already
+//! gets the full state and a caller passing port 0 learns the real addresses.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ambit_identity::{CaConfig, CertificateAuthority};
@@ -20,12 +24,13 @@ use tracing::{debug, info, warn};
 use crate::auth::{Authenticator, BootstrapTokens};
 use crate::ca_service::CaService;
 use crate::http::{Handler, Reply};
+use crate::readiness::Readiness;
 use crate::snapshot_view::SnapshotView;
 use crate::source::dir::DirSource;
-use crate::{SharedState, debug, resources, tls_listener};
+use crate::{SharedState, ca_bootstrap, debug, resources, tls_listener};
 
-/// How long start-up waits for the first full list of every kind from the API server.
-const INITIAL_LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often start-up logs what it still waits for.
+const PENDING_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where the cluster objects come from.
 #[derive(Debug, Clone)]
@@ -34,7 +39,14 @@ pub enum SourceConfig {
     /// A directory of manifests, polled at `poll` intervals.
     Dir { path: PathBuf, poll: Duration },
     /// The Kubernetes API (in-cluster config or kubeconfig); callers authenticate by TokenReview.
-    Kubernetes,
+    /// Without a plug-in CA in `ca_dir`, the self-signed root is kept in Secret
+    /// `istio-ca-secret` of `namespace` (the control plane's own). The client comes from
+    /// `kubeconfig` if given, else from `KUBECONFIG`, `~/.kube/config` or the pod's in-cluster
+    /// configuration.
+    Kubernetes {
+        namespace: String,
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 /// Everything `ambit control` is told.
@@ -42,7 +54,9 @@ pub enum SourceConfig {
 pub struct ControlConfig {
     pub source: SourceConfig,
     pub mesh: MeshConfig,
-    /// Istio plug-in CA layout; a self-signed root is created here on first start if empty.
+    /// Istio plug-in CA layout. With the directory source a self-signed root is created here on
+    /// first start if empty; with the Kubernetes source an empty directory means the root in
+    /// Secret `istio-ca-secret` (see [`crate::ca_bootstrap`]).
     pub ca_dir: PathBuf,
     /// `<token> <node>` lines authenticating node proxies (local mode).
     pub bootstrap_tokens: Option<PathBuf>,
@@ -56,6 +70,13 @@ pub struct ControlConfig {
     pub debounce: Duration,
     /// DNS names in the 15012 serving certificate.
     pub serving_names: Vec<String>,
+}
+
+/// A source, ready to read.
+enum Source {
+    Dir(DirSource, Duration),
+    /// The client, and the control plane's namespace.
+    Kubernetes(kube::Client, String),
 }
 
 /// Addresses actually bound.
@@ -89,6 +110,11 @@ pub enum StartError {
     NoAuthenticator,
     #[error("cannot reach the Kubernetes API")]
     Kubernetes(#[source] kube::Error),
+    #[error("cannot use the kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
 }
 
 /// A running control plane.
@@ -104,62 +130,92 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(config: ControlConfig) -> Result<Self, StartError> {
+        let source = match &config.source {
+            SourceConfig::Kubernetes {
+                namespace,
+                kubeconfig,
+            } => Source::Kubernetes(kube_client(kubeconfig.as_deref()).await?, namespace.clone()),
+            SourceConfig::Dir { path, poll } => Source::Dir(DirSource::new(path.clone()), *poll),
+        };
+        let readiness = match &source {
+            Source::Kubernetes(..) => Readiness::waiting_for(
+                Kind::ALL
+                    .map(crate::source::kube::precondition)
+                    .into_iter()
+                    .chain([ca_bootstrap::PRECONDITION.to_owned()]),
+            ),
+            Source::Dir(..) => Readiness::waiting_for(Vec::<String>::new()),
+        };
+        let mut tasks = JoinSet::new();
+        let mut addrs = BoundAddrs::default();
+        // Monitoring first: while start-up waits, `/ready` says what for. The full handler is
+        // put in place once everything it shows exists.
+        let serving: Arc<OnceLock<Handler>> = Arc::default();
+        if let Some(addr) = config.monitoring_addr {
+            let listener = bind("monitoring", addr).await?;
+            addrs.monitoring = Some(local_addr(&listener, addr));
+            tasks.spawn(crate::http::serve(
+                listener,
+                starting_handler(readiness.clone(), serving.clone()),
+            ));
+        }
+
         let ca_config = CaConfig::new(config.mesh.trust_domain.clone());
-        let ca =
-            CertificateAuthority::load_or_init(&config.ca_dir, &ca_config).map_err(|source| {
-                StartError::Ca {
-                    dir: config.ca_dir.display().to_string(),
-                    source,
-                }
-            })?;
-        let ca = Arc::new(ca);
+        let ca_error = |source| StartError::Ca {
+            dir: config.ca_dir.display().to_string(),
+            source,
+        };
         let mut authenticator: Option<Arc<dyn Authenticator>> = match &config.bootstrap_tokens {
             Some(path) => Some(Arc::new(BootstrapTokens::load(path)?)),
             None => None,
         };
 
         let state = SharedState::new();
-        let mut tasks = JoinSet::new();
-        // The first full read happens before any listener serves, so no client sees a
-        // half-loaded mesh.
-        match &config.source {
-            SourceConfig::Dir { path, poll } => {
-                let mut source = DirSource::new(path.clone());
+        // The first full read happens before any WDS or CA listener exists, so no client sees
+        // a half-loaded mesh.
+        let ca = match source {
+            Source::Dir(mut source, poll) => {
+                let ca = CertificateAuthority::load_or_init(&config.ca_dir, &ca_config)
+                    .map_err(ca_error)?;
                 source.scan(&state);
-                tasks.spawn(source.run(state.clone(), *poll));
+                tasks.spawn(source.run(state.clone(), poll));
+                ca
             }
-            SourceConfig::Kubernetes => {
-                let client = kube::Client::try_default()
-                    .await
-                    .map_err(StartError::Kubernetes)?;
-                let (listed_tx, mut listed) = tokio::sync::mpsc::channel(Kind::ALL.len());
+            Source::Kubernetes(client, namespace) => {
                 tasks.spawn(crate::source::kube::run(
                     client.clone(),
                     state.clone(),
-                    listed_tx,
+                    readiness.clone(),
                 ));
-                let mut pending: std::collections::BTreeSet<Kind> = Kind::ALL.into_iter().collect();
-                let deadline = tokio::time::sleep(INITIAL_LIST_TIMEOUT);
-                tokio::pin!(deadline);
-                while !pending.is_empty() {
-                    tokio::select! {
-                        Some(kind) = listed.recv() => { pending.remove(&kind); }
-                        () = &mut deadline => {
-                            warn!(?pending, "not every kind was listed in time; serving what is known");
-                            break;
-                        }
-                    }
-                }
+                let ca = if CertificateAuthority::plugin_present(&config.ca_dir) {
+                    let ca =
+                        CertificateAuthority::load(&config.ca_dir, &ca_config).map_err(ca_error)?;
+                    info!(dir = %config.ca_dir.display(), "using the plug-in CA");
+                    readiness.done(ca_bootstrap::PRECONDITION);
+                    ca
+                } else {
+                    let store = ca_bootstrap::SecretStore::new(client.clone(), &namespace);
+                    ca_bootstrap::self_signed(&store, &ca_config, &readiness)
+                        .await
+                        .0
+                };
+                tasks.spawn(crate::root_publisher::run(
+                    client.clone(),
+                    ca.root_pem().to_owned(),
+                ));
+                wait_reporting(&readiness).await;
                 if authenticator.is_none() {
-                    let review = crate::source::kube::TokenReviewAuthenticator::new(
+                    let review = crate::token_review::TokenReviewAuthenticator::new(
                         client,
                         state.clone(),
                         config.mesh.trust_domain.clone(),
                     );
                     authenticator = Some(Arc::new(review));
                 }
+                ca
             }
-        }
+        };
+        let ca = Arc::new(ca);
 
         let store = Store::new();
         let first = state.update_quietly(|s| {
@@ -194,7 +250,6 @@ impl ControlPlane {
             state.clone(),
         );
         let ca_stats = ca_service.stats();
-        let mut addrs = BoundAddrs::default();
 
         if let Some(addr) = config.plaintext_addr {
             let listener = bind("plaintext WDS", addr).await?;
@@ -240,12 +295,13 @@ impl ControlPlane {
                 }
             });
         }
-        if let Some(addr) = config.monitoring_addr {
-            let listener = bind("monitoring", addr).await?;
-            addrs.monitoring = Some(local_addr(&listener, addr));
-            let handler = monitoring_handler(state.clone(), snapshot.clone(), xds_stats, ca_stats);
-            tasks.spawn(crate::http::serve(listener, handler));
-        }
+        // Only one writer ever sets it, here; a second set cannot happen.
+        let _ = serving.set(monitoring_handler(
+            state.clone(),
+            snapshot.clone(),
+            xds_stats,
+            ca_stats,
+        ));
         info!(?addrs, trust_domain = %config.mesh.trust_domain, "control plane started");
         Ok(Self {
             addrs,
@@ -339,6 +395,34 @@ async fn translate_loop(
     }
 }
 
+/// Waits until `readiness` holds, logging what is still pending every
+/// [`PENDING_REPORT_INTERVAL`].
+async fn wait_reporting(readiness: &Readiness) {
+    let mut report = tokio::time::interval(PENDING_REPORT_INTERVAL);
+    report.tick().await;
+    loop {
+        tokio::select! {
+            () = readiness.wait() => return,
+            _ = report.tick() => {
+                let pending = readiness.describe();
+                warn!(pending = %pending.trim_end().replace('\n', "; "), "not serving yet: the view of the cluster is incomplete");
+            }
+        }
+    }
+}
+
+/// Before start-up completes: `/ready` (and everything else) answers 503 with what is pending;
+/// after, `serving` answers.
+fn starting_handler(readiness: Readiness, serving: Arc<OnceLock<Handler>>) -> Handler {
+    Arc::new(move |path, query| match serving.get() {
+        Some(handler) => handler(path, query),
+        None => Reply::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}", readiness.describe()),
+        ),
+    })
+}
+
 fn monitoring_handler(
     state: SharedState,
     snapshot: SnapshotView,
@@ -366,6 +450,24 @@ fn monitoring_handler(
             other => Reply::not_found(other),
         }
     })
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, StartError> {
+    let Some(path) = kubeconfig else {
+        return kube::Client::try_default()
+            .await
+            .map_err(StartError::Kubernetes);
+    };
+    let kubeconfig_error = |source| StartError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(kubeconfig_error)?;
+    kube::Client::try_from(config).map_err(StartError::Kubernetes)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -46,7 +46,7 @@ pub mod spiffe;
 pub mod tls;
 mod x509;
 
-pub use ca::{CaConfig, CaError, CertificateAuthority, IssuedChain};
+pub use ca::{CaConfig, CaError, CaPem, CertificateAuthority, IssuedChain};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use control_plane::{ControlPlaneEndpoint, ControlPlaneError, ControlPlaneTls};
 pub use manager::{

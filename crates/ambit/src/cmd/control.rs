@@ -23,7 +23,14 @@ pub(crate) struct ControlArgs {
     #[arg(long, required_if_eq("source", "dir"))]
     config_dir: Option<PathBuf>,
 
-    /// CA directory in Istio's plug-in layout; a self-signed root is created there if empty.
+    /// Kubeconfig for `--source kubernetes` (default: `KUBECONFIG`, `~/.kube/config`, or the
+    /// pod's in-cluster configuration).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+
+    /// CA directory in Istio's plug-in layout. With `--source dir` a self-signed root is created
+    /// there if it is empty; with `--source kubernetes` an empty directory means the self-signed
+    /// root kept in Secret `istio-ca-secret` of `POD_NAMESPACE`, created by the first start.
     #[arg(long, default_value = "./ambit-ca")]
     ca_dir: PathBuf,
 
@@ -86,7 +93,10 @@ pub(crate) fn run(args: ControlArgs) -> anyhow::Result<()> {
                 poll: Duration::from_millis(args.poll_ms),
             },
             (Source::Dir, None) => anyhow::bail!("--source dir needs --config-dir"),
-            (Source::Kubernetes, _) => SourceConfig::Kubernetes,
+            (Source::Kubernetes, _) => SourceConfig::Kubernetes {
+                namespace: namespace.clone(),
+                kubeconfig: args.kubeconfig,
+            },
         },
         mesh: MeshConfig {
             trust_domain: args.trust_domain,

@@ -1,4 +1,4 @@
-//! The Kubernetes API as the source of truth, and TokenReview authentication.
+//! The Kubernetes API as the source of truth.
 //!
 //! One watcher per kind the mesh reads. Every object arrives as JSON and is typed by
 //! [`Object::from_value`] — the same path a manifest file takes — so a cluster and a directory
@@ -7,53 +7,62 @@
 
 use std::collections::BTreeSet;
 
-use ambit_identity::{SpiffeId, TrustDomain};
 use ambit_model::{Kind, Object, ObjectKey};
 use futures_util::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::SharedState;
-use crate::auth::{AuthError, Authenticator, BoxFuture, Caller};
+use crate::readiness::Readiness;
 
 /// Watches every kind the mesh reads and mirrors it into `state`. Runs until the client fails
-/// permanently; transient errors are retried with backoff by the watchers. Each kind is sent on
-/// `listed` once its first full list has been applied.
-pub async fn run(
-    client: kube::Client,
-    state: SharedState,
-    listed: tokio::sync::mpsc::Sender<Kind>,
-) {
+/// permanently; transient errors are retried with backoff by the watchers, resuming from the
+/// last resource version they saw (a re-list only when the API server no longer has it). Each
+/// kind's [`precondition`] is marked done in `readiness` once its first full list has been
+/// applied; until then its last watch error is recorded there.
+pub async fn run(client: kube::Client, state: SharedState, readiness: Readiness) {
     let mut tasks = tokio::task::JoinSet::new();
     for kind in Kind::ALL {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(kind));
-        let (state, listed) = (state.clone(), listed.clone());
+        let (state, readiness) = (state.clone(), readiness.clone());
         tasks.spawn(async move {
+            let precondition = precondition(kind);
             let mut events = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .boxed();
             let mut mirror = KindMirror::new(kind);
-            let mut announced = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
                         let done = matches!(event, watcher::Event::InitDone);
                         mirror.handle(&state, map_event(event));
-                        if done && !announced {
-                            announced = true;
-                            let _ = listed.send(kind).await;
+                        if done {
+                            readiness.done(&precondition);
                         }
                     }
-                    Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
+                    Err(e) => {
+                        warn!(%kind, error = %e, "watch failed; retrying");
+                        readiness.failing(&precondition, e.to_string());
+                    }
                 }
             }
         });
     }
     info!("watching the Kubernetes API");
     while tasks.join_next().await.is_some() {}
+}
+
+/// The start-up precondition of a kind: its first full list, named by its resource
+/// (`pods`, `authorizationpolicies.security.istio.io`).
+pub fn precondition(kind: Kind) -> String {
+    let resource = api_resource(kind);
+    if resource.group.is_empty() {
+        format!("the first list of {}", resource.plural)
+    } else {
+        format!("the first list of {}.{}", resource.plural, resource.group)
+    }
 }
 
 /// The API resource of a kind (group, version, plural).
@@ -170,122 +179,6 @@ impl KindMirror {
             }
         }
     }
-}
-
-// === TokenReview ===
-
-/// Authenticates callers by their service-account token through the Kubernetes TokenReview
-/// API, with audience `istio-ca` as istiod uses.
-#[derive(Clone)]
-pub struct TokenReviewAuthenticator {
-    client: kube::Client,
-    state: SharedState,
-    trust_domain: TrustDomain,
-    /// `(namespace, service account)` of node proxies.
-    node_proxy_account: (String, String),
-}
-
-impl std::fmt::Debug for TokenReviewAuthenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenReviewAuthenticator")
-            .field("node_proxy_account", &self.node_proxy_account)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The audience node proxies' tokens are minted for.
-pub const CA_AUDIENCE: &str = "istio-ca";
-
-impl TokenReviewAuthenticator {
-    pub fn new(client: kube::Client, state: SharedState, trust_domain: TrustDomain) -> Self {
-        Self {
-            client,
-            state,
-            trust_domain,
-            node_proxy_account: ("istio-system".to_owned(), "ztunnel".to_owned()),
-        }
-    }
-
-    async fn review(&self, token: &str) -> Result<Caller, AuthError> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(vec![CA_AUDIENCE.to_owned()]),
-            },
-            ..TokenReview::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let reviewed = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
-        let status = reviewed.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Invalid(
-                status
-                    .error
-                    .unwrap_or_else(|| "not authenticated".to_owned()),
-            ));
-        }
-        let user = status.user.unwrap_or_default();
-        let extra = user.extra.unwrap_or_default();
-        let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
-        caller_from_review(
-            user.username.as_deref().unwrap_or_default(),
-            first("authentication.kubernetes.io/node-name"),
-            first("authentication.kubernetes.io/pod-name"),
-            &self.node_proxy_account,
-            &self.trust_domain,
-            |ns, pod| {
-                self.state.read(|s| {
-                    s.pods
-                        .get(&(ns.to_owned(), pod.to_owned()))
-                        .and_then(|p| p.spec.as_ref()?.node_name.clone())
-                })
-            },
-        )
-    }
-}
-
-impl Authenticator for TokenReviewAuthenticator {
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
-        Box::pin(self.review(token))
-    }
-}
-
-/// Who a reviewed token belongs to: a node proxy (its node from the bound token, or from its
-/// pod), or a workload identified by its service account.
-pub fn caller_from_review(
-    username: &str,
-    node_name: Option<String>,
-    pod_name: Option<String>,
-    node_proxy_account: &(String, String),
-    trust_domain: &TrustDomain,
-    pod_node: impl Fn(&str, &str) -> Option<String>,
-) -> Result<Caller, AuthError> {
-    let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
-        return Err(AuthError::Invalid(format!(
-            "{username:?} is not a service account"
-        )));
-    };
-    let Some((namespace, account)) = rest.split_once(':') else {
-        return Err(AuthError::Invalid(format!(
-            "malformed service account user {username:?}"
-        )));
-    };
-    if (namespace, account) == (node_proxy_account.0.as_str(), node_proxy_account.1.as_str()) {
-        let node = node_name
-            .or_else(|| pod_name.and_then(|pod| pod_node(namespace, &pod)))
-            .ok_or_else(|| {
-                AuthError::Invalid(
-                    "node proxy token is not bound to a pod on a known node".to_owned(),
-                )
-            })?;
-        return Ok(Caller::NodeProxy { node });
-    }
-    let identity = SpiffeId::new(trust_domain.clone(), namespace, account)
-        .map_err(|e| AuthError::Invalid(format!("service account {namespace}/{account}: {e}")))?;
-    Ok(Caller::Workload { identity })
 }
 
 #[cfg(test)]

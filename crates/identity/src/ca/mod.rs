@@ -2,7 +2,8 @@
 //! does, in process.
 //!
 //! Its files use Istio's plug-in CA layout, so a directory made for istiod's `cacerts` secret
-//! works here and one made by [`CertificateAuthority::init`] works for istiod:
+//! works here and one made by [`CertificateAuthority::init`] works for istiod; the same names
+//! are the keys of a Secret's data ([`CaPem`], [`CertificateAuthority::from_pem`]):
 //!
 //! | file | content |
 //! |---|---|
@@ -75,6 +76,32 @@ pub struct CaConfig {
     pub clock: Arc<dyn Clock>,
 }
 
+/// CA material in Istio's plug-in layout, as PEM bytes, wherever it is kept: a directory
+/// ([`CertificateAuthority::load`]) or a Kubernetes Secret's data under the same key names.
+#[derive(Clone)]
+pub struct CaPem {
+    /// Where it came from (a directory, or `<namespace>/<secret>`); errors name
+    /// `<origin>/<file>`.
+    pub origin: std::path::PathBuf,
+    /// `ca-cert.pem`: the signing certificate.
+    pub ca_cert: Vec<u8>,
+    /// `ca-key.pem`: its private key.
+    pub ca_key: Vec<u8>,
+    /// `root-cert.pem`: the root(s) the mesh trusts.
+    pub root_cert: Vec<u8>,
+    /// `cert-chain.pem`, if there is one.
+    pub cert_chain: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("CaPem")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A certificate chain issued for one workload: what `CreateCertificate` returns.
 #[derive(Debug, Clone)]
 pub struct IssuedChain {
@@ -131,6 +158,28 @@ impl CertificateAuthority {
     /// Refuses with [`CaError::AlreadyExists`] if any plug-in file is already there.
     pub fn init(dir: &Path, config: &CaConfig) -> Result<Self, CaError> {
         store::ensure_absent(dir)?;
+        let root = Self::generate_root(config)?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let (key, cert) = (text(&root.ca_key), text(&root.ca_cert));
+        store::write_new(
+            dir,
+            &[
+                (CA_KEY_FILE, key.as_str()),
+                (CA_CERT_FILE, cert.as_str()),
+                (ROOT_CERT_FILE, cert.as_str()),
+                (CERT_CHAIN_FILE, cert.as_str()),
+            ],
+        )?;
+        tracing::info!(dir = %dir.display(), trust_domain = %config.trust_domain, "created a root CA");
+        // Reading back what was written proves the files are loadable, not just written.
+        Self::load(dir, config)
+    }
+
+    /// A new self-signed ECDSA P-256 root (organization: the trust domain; valid
+    /// [`ROOT_TTL`]), in memory, for the caller to keep (a Kubernetes Secret, say) and then
+    /// load with [`Self::from_pem`]. `ca-cert` and `root-cert` are the same certificate; there
+    /// is no chain.
+    pub fn generate_root(config: &CaConfig) -> Result<CaPem, CaError> {
         let key = KeyPair::generate().map_err(CaError::Generate)?;
         let now = config.clock.now();
         let mut params = CertificateParams::default();
@@ -144,24 +193,25 @@ impl CertificateAuthority {
         params.not_after = (now.checked_add(ROOT_TTL).unwrap_or(now)).into();
         params.serial_number = Some(random_serial()?);
         let root_pem = params.self_signed(&key).map_err(CaError::Generate)?.pem();
-        store::write_new(
-            dir,
-            &[
-                (CA_KEY_FILE, key.serialize_pem().as_str()),
-                (CA_CERT_FILE, root_pem.as_str()),
-                (ROOT_CERT_FILE, root_pem.as_str()),
-                (CERT_CHAIN_FILE, root_pem.as_str()),
-            ],
-        )?;
-        tracing::info!(dir = %dir.display(), trust_domain = %config.trust_domain, "created a root CA");
-        // Reading back what was written proves the files are loadable, not just written.
-        Self::load(dir, config)
+        Ok(CaPem {
+            origin: "generated".into(),
+            ca_cert: root_pem.clone().into_bytes(),
+            ca_key: key.serialize_pem().into_bytes(),
+            root_cert: root_pem.into_bytes(),
+            cert_chain: None,
+        })
     }
 
     /// Loads a CA from Istio's plug-in layout in `dir`, checking that the key matches
     /// `ca-cert.pem`, that it is a CA, and that the chain verifies to `root-cert.pem`.
     pub fn load(dir: &Path, config: &CaConfig) -> Result<Self, CaError> {
-        let files = store::read(dir)?;
+        Self::from_pem(&store::read_pem(dir)?, config)
+    }
+
+    /// Loads a CA from plug-in material held in memory (a Secret's data), with every check of
+    /// [`Self::load`].
+    pub fn from_pem(pem: &CaPem, config: &CaConfig) -> Result<Self, CaError> {
+        let files = store::decode(pem)?;
         let material = load::validate(&files, config.clock.now())?;
         let ca = Self {
             config: config.clone(),
@@ -181,6 +231,12 @@ impl CertificateAuthority {
         };
         ca.self_test()?;
         Ok(ca)
+    }
+
+    /// Whether `dir` holds a plug-in CA (its `ca-cert.pem` or `ca-key.pem`): then it is the
+    /// CA to load, and a missing part is an error rather than a reason to create a root.
+    pub fn plugin_present(dir: &Path) -> bool {
+        store::any_present(dir)
     }
 
     /// Loads the CA in `dir`, or creates one there if it holds neither `ca-cert.pem` nor

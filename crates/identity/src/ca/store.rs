@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::CaError;
+use super::{CaError, CaPem};
 
 /// The signing certificate (a root or an intermediate).
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
@@ -27,8 +27,9 @@ const ALL_FILES: [&str; 4] = [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CH
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
 
-/// The content of a plug-in CA directory, decoded from PEM but not yet validated.
+/// The content of a plug-in CA directory or Secret, decoded from PEM but not yet validated.
 pub(super) struct PluginFiles {
+    /// Where the material came from; errors name `<origin>/<file>`.
     pub(super) dir: PathBuf,
     pub(super) ca_cert: Vec<CertificateDer<'static>>,
     pub(super) ca_key: PrivateKeyDer<'static>,
@@ -36,13 +37,29 @@ pub(super) struct PluginFiles {
     pub(super) cert_chain: Option<Vec<CertificateDer<'static>>>,
 }
 
-pub(super) fn read(dir: &Path) -> Result<PluginFiles, CaError> {
-    let ca_cert = read_certs(&dir.join(CA_CERT_FILE))?;
-    let ca_key = read_key(&dir.join(CA_KEY_FILE))?;
-    let roots = read_certs(&dir.join(ROOT_CERT_FILE))?;
+/// Reads the plug-in files of `dir`. Each file is read and decoded before the next one, so an
+/// error names the first file at fault (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, then the
+/// optional `cert-chain.pem`).
+pub(super) fn read_pem(dir: &Path) -> Result<CaPem, CaError> {
+    let certs = |name: &str| -> Result<Vec<u8>, CaError> {
+        let path = dir.join(name);
+        let bytes = read_file(&path)?;
+        decode_certs(&path, &bytes)?;
+        Ok(bytes)
+    };
+    let ca_cert = certs(CA_CERT_FILE)?;
+    let key_path = dir.join(CA_KEY_FILE);
+    if let Ok(meta) = fs::metadata(&key_path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %key_path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key is readable by other users");
+    }
+    let ca_key = read_file(&key_path)?;
+    decode_key(&key_path, &ca_key)?;
+    let root_cert = certs(ROOT_CERT_FILE)?;
     let chain_path = dir.join(CERT_CHAIN_FILE);
     let cert_chain = match fs::metadata(&chain_path) {
-        Ok(_) => Some(read_certs(&chain_path)?),
+        Ok(_) => Some(certs(CERT_CHAIN_FILE)?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(source) => {
             return Err(CaError::Io {
@@ -52,12 +69,27 @@ pub(super) fn read(dir: &Path) -> Result<PluginFiles, CaError> {
             });
         }
     };
-    Ok(PluginFiles {
-        dir: dir.to_owned(),
+    Ok(CaPem {
+        origin: dir.to_owned(),
         ca_cert,
         ca_key,
-        roots,
+        root_cert,
         cert_chain,
+    })
+}
+
+/// Decodes the PEM of each part (validation comes after, in `load`).
+pub(super) fn decode(pem: &CaPem) -> Result<PluginFiles, CaError> {
+    let dir = pem.origin.as_path();
+    Ok(PluginFiles {
+        dir: dir.to_owned(),
+        ca_cert: decode_certs(&dir.join(CA_CERT_FILE), &pem.ca_cert)?,
+        ca_key: decode_key(&dir.join(CA_KEY_FILE), &pem.ca_key)?,
+        roots: decode_certs(&dir.join(ROOT_CERT_FILE), &pem.root_cert)?,
+        cert_chain: match &pem.cert_chain {
+            Some(bytes) => Some(decode_certs(&dir.join(CERT_CHAIN_FILE), bytes)?),
+            None => None,
+        },
     })
 }
 
@@ -139,9 +171,8 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), CaError> {
     file.sync_all().map_err(io_err("sync"))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
-    let bytes = read_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+fn decode_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| CaError::Pem {
             path: path.to_owned(),
@@ -156,14 +187,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CaError> {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key is readable by other users");
-    }
-    let bytes = read_file(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| match source {
+fn decode_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, CaError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|source| match source {
         pem::Error::NoItemsFound => CaError::MissingPem {
             path: path.to_owned(),
             what: "PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY",

@@ -1,4 +1,5 @@
-//! The API source's event handling and TokenReview mapping, on fixture objects.
+//! The API source's event handling, on fixture objects (the watches against a real API server
+//! are tested in the Kubernetes tier).
 
 use serde_json::json;
 
@@ -71,70 +72,4 @@ fn api_resources_name_the_right_endpoints() {
         ("discovery.k8s.io/v1", "endpointslices")
     );
     assert_eq!(api_resource(Kind::Pod).api_version, "v1");
-}
-
-#[test]
-fn token_review_users_map_to_callers() {
-    let td: TrustDomain = "cluster.local".parse().unwrap();
-    let proxy = ("istio-system".to_owned(), "ztunnel".to_owned());
-    let no_pods = |_: &str, _: &str| None;
-    let ztunnel = "system:serviceaccount:istio-system:ztunnel";
-
-    let node =
-        caller_from_review(ztunnel, Some("node-a".into()), None, &proxy, &td, no_pods).unwrap();
-    assert_eq!(
-        node,
-        Caller::NodeProxy {
-            node: "node-a".into()
-        }
-    );
-
-    let via_pod = caller_from_review(
-        ztunnel,
-        None,
-        Some("ztunnel-x".into()),
-        &proxy,
-        &td,
-        |ns, pod| (ns == "istio-system" && pod == "ztunnel-x").then(|| "node-b".to_owned()),
-    )
-    .unwrap();
-    assert_eq!(
-        via_pod,
-        Caller::NodeProxy {
-            node: "node-b".into()
-        }
-    );
-
-    assert!(caller_from_review(ztunnel, None, None, &proxy, &td, no_pods).is_err());
-
-    let workload = caller_from_review(
-        "system:serviceaccount:prometheus:scraper",
-        None,
-        None,
-        &proxy,
-        &td,
-        no_pods,
-    )
-    .unwrap();
-    assert_eq!(
-        workload,
-        Caller::Workload {
-            identity: "spiffe://cluster.local/ns/prometheus/sa/scraper"
-                .parse()
-                .unwrap()
-        }
-    );
-
-    assert!(caller_from_review("kubernetes-admin", None, None, &proxy, &td, no_pods).is_err());
-    assert!(
-        caller_from_review(
-            "system:serviceaccount:broken",
-            None,
-            None,
-            &proxy,
-            &td,
-            no_pods
-        )
-        .is_err()
-    );
 }
