@@ -66,6 +66,7 @@ async fn a_workload_turning_hbone_on_this_node_captures_the_running_pod() {
     let enrollment = WdsEnrollment::new(WdsEnrollmentConfig {
         node_name: "node-a".into(),
         cluster_id: "Kubernetes".into(),
+        trust_domain: "cluster.local".parse().unwrap(),
     });
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -13,6 +13,7 @@ use ambit_model::{ClusterState, MeshSnapshot};
 use ambit_proto::security::{Action, Authorization, Scope};
 use ambit_proto::workload::{TunnelProtocol, Workload, WorkloadStatus};
 use ambit_xds::server::ServerStats;
+use ambit_xds::wds::ip_from_bytes;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
@@ -209,14 +210,15 @@ fn authorize_json(snapshot: &MeshSnapshot, query: &str) -> Result<Value, String>
         Some(ip) => snapshot
             .workloads
             .values()
-            .find(|w| w.addresses.iter().any(|a| ip_of(a) == Some(ip))),
+            .find(|w| w.addresses.iter().any(|a| ip_from_bytes(a) == Some(ip))),
         None => snapshot.workloads.get(dst),
     }
     .ok_or_else(|| format!("dst {dst:?} is no workload's uid or address"))?;
-    let dst_ip = match dst_ip_given.or_else(|| workload.addresses.first().and_then(|a| ip_of(a))) {
-        Some(ip) => ip,
-        None => return Err(format!("workload {} has no address", workload.uid)),
-    };
+    let dst_ip =
+        match dst_ip_given.or_else(|| workload.addresses.first().and_then(|a| ip_from_bytes(a))) {
+            Some(ip) => ip,
+            None => return Err(format!("workload {} has no address", workload.uid)),
+        };
     let src_ip = match param("src_ip") {
         Some(ip) => ip
             .parse::<IpAddr>()
@@ -230,7 +232,7 @@ fn authorize_json(snapshot: &MeshSnapshot, query: &str) -> Result<Value, String>
                         && w.trust_domain == id.trust_domain().as_str()
                 })
             })
-            .and_then(|w| w.addresses.first().and_then(|a| ip_of(a)))
+            .and_then(|w| w.addresses.first().and_then(|a| ip_from_bytes(a)))
             .ok_or("src_ip is required (no workload has the src identity to take it from)")?,
     };
     let conn = Connection {
@@ -313,14 +315,6 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
 }
 
-fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
-
 /// `/metrics`, in Prometheus text format.
 pub(crate) fn metrics(xds: &ServerStats, ca: &CaStats, snapshot: &MeshSnapshot) -> String {
     let mut out = String::new();
@@ -398,14 +392,7 @@ pub(crate) fn metrics(xds: &ServerStats, ca: &CaStats, snapshot: &MeshSnapshot) 
     out
 }
 
+/// A WDS address as text, or `<n bytes>` when it is not 4 or 16 bytes.
 fn ip_string(bytes: &[u8]) -> String {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes)
-            .map(|b| IpAddr::from(b).to_string())
-            .unwrap_or_default(),
-        16 => <[u8; 16]>::try_from(bytes)
-            .map(|b| IpAddr::from(b).to_string())
-            .unwrap_or_default(),
-        _ => format!("<{} bytes>", bytes.len()),
-    }
+    ip_from_bytes(bytes).map_or_else(|| format!("<{} bytes>", bytes.len()), |ip| ip.to_string())
 }

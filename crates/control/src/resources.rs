@@ -3,10 +3,9 @@
 //! Workloads and services are also reachable under the `<network>/<ip>` names a node proxy
 //! uses for on-demand lookups of an address it has not seen (ztunnel's form), as aliases.
 
-use std::net::IpAddr;
-
 use ambit_model::{MeshConfig, MeshSnapshot};
 use ambit_xds::server::Resource;
+use ambit_xds::wds::ip_from_bytes;
 use prost::Message;
 
 /// Every `istio.workload.Address` resource of the snapshot.
@@ -63,7 +62,7 @@ fn resource<'a>(
     mesh: &MeshConfig,
 ) -> Resource {
     let aliases = ips
-        .filter_map(ip)
+        .filter_map(ip_from_bytes)
         .map(|ip| format!("{}/{ip}", mesh.network));
     let body = prost_types::Any {
         type_url: ambit_proto::ADDRESS_TYPE_URL.to_owned(),
@@ -86,14 +85,6 @@ pub(crate) fn authorizations(snapshot: &MeshSnapshot) -> Vec<Resource> {
             Resource::new(name, body)
         })
         .collect()
-}
-
-fn ip(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

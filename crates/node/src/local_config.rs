@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Each entry becomes the same `istio.workload` message WDS would carry and goes through the
-//! same decoding ([`crate::state::workload`]), so a file and a control plane cannot disagree on
+//! same decoding ([`ambit_xds::wds`]), so a file and a control plane cannot disagree on
 //! what a field means. Unknown fields are refused, naming the path to them.
 
 use std::collections::BTreeMap;
@@ -29,9 +29,9 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ambit_proto::workload as pb;
+use ambit_xds::wds::{DecodeError, Service, Workload};
 use serde::Deserialize;
 
-use crate::state::workload::{DecodeError, Service, Workload};
 use crate::state::{MeshState, NodeInfo};
 
 /// Why the local config could not be loaded.

@@ -10,8 +10,9 @@
 //! - [`client`]: an [`client::XdsClient`] that keeps one ADS stream to a control plane (ours or
 //!   a stock istiod), reconnects with backoff, and hands each update to a [`client::Handler`].
 //!
-//! Resources are opaque here: a name, optional aliases and a `google.protobuf.Any` body. Which
-//! messages the bodies hold is the business of the control plane and the node proxy.
+//! Resources are opaque to the protocol: a name, optional aliases and a `google.protobuf.Any`
+//! body. [`wds`] is the one decoder of the bodies WDS carries (workloads, services,
+//! authorizations), shared by the node proxy and the capture agent.
 //!
 //! # Invariants
 //!
@@ -28,5 +29,6 @@
 pub mod client;
 mod resource;
 pub mod server;
+pub mod wds;
 
 pub use resource::Resource;

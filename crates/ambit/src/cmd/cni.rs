@@ -22,6 +22,7 @@ use ambit_capture::zds::ZdsConfig;
 use ambit_capture::{
     Agent, AgentConfig, BackendChoice, DiscoveryConfig, Enrollment, Rules, WdsEnrollment,
 };
+use ambit_identity::TrustDomain;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -73,6 +74,10 @@ struct AgentArgs {
 
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
+
+    /// Trust domain of workloads whose WDS resource names none (as the node proxy's).
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: TrustDomain,
 
     #[command(flatten)]
     control_plane: ControlPlaneArgs,
@@ -167,6 +172,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let enrollment = WdsEnrollment::new(WdsEnrollmentConfig {
             node_name: node_name.clone(),
             cluster_id: args.cluster_id.clone(),
+            trust_domain: args.trust_domain.clone(),
         });
         // The same channel and token as the node proxy's.
         let control_plane = args.control_plane.wds();

@@ -4,22 +4,21 @@
 //! the mark the node proxy acts on, so the agent follows the same resource: a pod is enrolled
 //! iff a `Workload` for it (uid `<cluster>//Pod/<namespace>/<name>`, or failing that its
 //! `namespace` and `name` fields) is on this node and speaks HBONE. Services are ignored. The
-//! workload's `addresses` (4 or 16 bytes each) become the pod's [`Enrolled::ips`]; other
-//! lengths are skipped.
+//! workload's addresses become the pod's [`Enrolled::ips`].
 //!
-//! Like the node proxy, a resource that does not decode is left out and named in the NACK; the
-//! rest of the update still applies.
+//! Resources are decoded by the node proxy's decoder ([`ambit_xds::wds`]), so both read a
+//! resource the same way: one that does not decode (an address of the wrong length, say) is
+//! left out and named with its field in the NACK; the rest of the update still applies.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ambit_identity::TrustDomain;
 use ambit_proto::envoy::config::core::v3::Node;
-use ambit_proto::workload::{Address, TunnelProtocol, Workload, address};
 use ambit_xds::client::{
     BoxError, ClientConfig, ClientHandle, Handler, Subscription, Update, XdsClient, ztunnel_node,
 };
-use prost::Message;
+use ambit_xds::wds::{Address, Protocol, Workload, decode_address};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -33,6 +32,8 @@ pub struct WdsEnrollmentConfig {
     pub node_name: String,
     /// The cluster part of workload uids (`Kubernetes` by default in Istio).
     pub cluster_id: String,
+    /// The trust domain of workloads whose resource names none.
+    pub trust_domain: TrustDomain,
 }
 
 /// Enrollment following WDS. Cheap to clone; every clone shares one view.
@@ -95,9 +96,7 @@ impl WdsEnrollment {
     /// The pod a workload enrolls on this node, if it does.
     fn enrolls(&self, workload: &Workload) -> Option<(PodName, Enrolled)> {
         let config = &self.inner.config;
-        if workload.node != config.node_name
-            || workload.tunnel_protocol != TunnelProtocol::Hbone as i32
-        {
+        if workload.node != config.node_name || workload.protocol != Protocol::Hbone {
             return None;
         }
         let prefix = format!("{}//Pod/", config.cluster_id);
@@ -113,8 +112,8 @@ impl WdsEnrollment {
             None => return None,
         };
         let enrolled = Enrolled {
-            service_account: workload.service_account.clone(),
-            ips: workload.addresses.iter().filter_map(|a| ip_of(a)).collect(),
+            service_account: workload.identity.service_account().to_owned(),
+            ips: workload.addresses.clone(),
         };
         Some((pod, enrolled))
     }
@@ -129,14 +128,13 @@ impl WdsEnrollment {
         let before = view.pods.clone();
         let was_synced = view.synced;
         let initial = update.initial;
+        let td = &self.inner.config.trust_domain;
         for resource in update.upserts {
-            let workload = match Address::decode(resource.body.value.as_slice()) {
-                Ok(Address {
-                    r#type: Some(address::Type::Workload(w)),
-                }) => Some(w),
-                Ok(_) => None,
-                Err(e) => {
-                    errors.push(format!("{}: not a valid Address: {e}", resource.name));
+            let workload = match decode_address(&resource, td) {
+                Ok(Address::Workload(w)) => Some(w),
+                Ok(Address::Service(_)) => None,
+                Err(rejected) => {
+                    errors.push(rejected.to_string());
                     continue;
                 }
             };
@@ -167,15 +165,6 @@ impl WdsEnrollment {
             warn!(error = %message, "rejected WDS resources");
             Err(message)
         }
-    }
-}
-
-/// An address as WDS carries it: 4 bytes of IPv4 or 16 of IPv6.
-fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
     }
 }
 
@@ -243,18 +232,24 @@ impl Handler for WdsEnrollment {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
+    use std::net::IpAddr;
+
+    use ambit_proto::workload::{self as pb, TunnelProtocol, Workload, address};
     use ambit_xds::Resource;
+    use prost::Message;
+
+    use super::*;
 
     fn enrollment() -> WdsEnrollment {
         WdsEnrollment::new(WdsEnrollmentConfig {
             node_name: "node-a".into(),
             cluster_id: "Kubernetes".into(),
+            trust_domain: TrustDomain::new("cluster.local").unwrap(),
         })
     }
 
     fn resource(name: &str, w: Workload) -> Resource {
-        let body = Address {
+        let body = pb::Address {
             r#type: Some(address::Type::Workload(w)),
         };
         Resource::new(
@@ -330,11 +325,10 @@ mod tests {
                 .unwrap()
                 .octets()
                 .to_vec(),
-            vec![1, 2, 3],
         ];
         e.handle(
             ambit_proto::ADDRESS_TYPE_URL,
-            update(vec![resource("a", w)], vec![]),
+            update(vec![resource("a", w.clone())], vec![]),
         )
         .unwrap();
         let ips: Vec<IpAddr> = vec!["10.1.2.3".parse().unwrap(), "fd00::7".parse().unwrap()];
@@ -343,7 +337,26 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(
             (all[0].0.clone(), all[0].1.ips.clone()),
-            (PodName::new("ns", "a"), ips)
+            (PodName::new("ns", "a"), ips.clone())
+        );
+
+        // An address of a length WDS does not have rejects the whole resource, naming it and
+        // the field, exactly as the node proxy does: never a silently shorter address list.
+        w.addresses.push(vec![1, 2, 3]);
+        let err = e
+            .handle(
+                ambit_proto::ADDRESS_TYPE_URL,
+                update(vec![resource("a", w)], vec![]),
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("a: address 2 is 3 bytes long") && err.contains("field `addresses`"),
+            "{err}"
+        );
+        assert_eq!(
+            e.enrolled(&PodName::new("ns", "a")).unwrap().ips,
+            ips,
+            "the rejected resource changed nothing"
         );
     }
 

@@ -7,14 +7,11 @@
 
 use std::net::IpAddr;
 
-use ambit_proto::security::Authorization;
-use ambit_proto::workload::{Address, address};
 use ambit_xds::client::{Handler, Update};
-use prost::Message;
+use ambit_xds::wds::{Address, decode_address, decode_authorization};
 use tracing::{debug, info, warn};
 
 use super::ProxyState;
-use super::workload::{DecodeError, Service, Workload};
 
 /// Applies `istio.workload.Address` and `istio.security.Authorization` updates.
 #[derive(Debug, Clone)]
@@ -40,22 +37,11 @@ impl WdsHandler {
         let mut applied = Applied::default();
         self.state.update(|mesh| {
             for resource in update.upserts {
-                let decoded = Address::decode(resource.body.value.as_slice())
-                    .map_err(|e| DecodeError::Protobuf(e.to_string()))
-                    .and_then(|a| match a.r#type {
-                        Some(address::Type::Workload(w)) => {
-                            Workload::from_proto(w, &td).map(|w| Decoded::Workload(Box::new(w)))
-                        }
-                        Some(address::Type::Service(s)) => {
-                            Service::from_proto(s).map(Decoded::Service)
-                        }
-                        None => Err(DecodeError::Empty),
-                    });
-                match decoded {
-                    Ok(Decoded::Workload(w)) => mesh.insert_workload(&resource.name, *w),
-                    Ok(Decoded::Service(s)) => mesh.insert_service(&resource.name, s),
-                    Err(e) => {
-                        applied.errors.push(format!("{}: {e}", resource.name));
+                match decode_address(&resource, &td) {
+                    Ok(Address::Workload(w)) => mesh.insert_workload(&resource.name, *w),
+                    Ok(Address::Service(s)) => mesh.insert_service(&resource.name, s),
+                    Err(rejected) => {
+                        applied.errors.push(rejected.to_string());
                         continue;
                     }
                 }
@@ -77,15 +63,12 @@ impl WdsHandler {
         let mut applied = Applied::default();
         self.state.update(|mesh| {
             for resource in update.upserts {
-                match Authorization::decode(resource.body.value.as_slice()) {
+                match decode_authorization(&resource) {
                     Ok(policy) => {
                         mesh.insert_policy(&resource.name, policy);
                         applied.upserts += 1;
                     }
-                    Err(e) => applied.errors.push(format!(
-                        "{}: not a valid protobuf message: {e}",
-                        resource.name
-                    )),
+                    Err(rejected) => applied.errors.push(rejected.to_string()),
                 }
             }
             for name in update.removals {
@@ -94,11 +77,6 @@ impl WdsHandler {
         });
         applied
     }
-}
-
-enum Decoded {
-    Workload(Box<Workload>),
-    Service(Service),
 }
 
 impl Handler for WdsHandler {
@@ -150,13 +128,14 @@ fn alias_ip(name: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ambit_proto::workload as pb;
+    use ambit_proto::workload::{self as pb, address};
     use ambit_xds::Resource;
+    use prost::Message;
 
     use crate::state::test_state as state;
 
     fn resource(name: &str, w: pb::Workload) -> Resource {
-        let body = Address {
+        let body = pb::Address {
             r#type: Some(address::Type::Workload(w)),
         };
         Resource::new(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ambit_proto::security::Authorization;
 
-use super::workload::{Service, Workload};
+use ambit_xds::wds::{Service, Workload};
 
 /// Most addresses remembered as "the control plane does not know it"; past this the memory is
 /// dropped (lookups then wait once more), so a scan of random addresses cannot grow it forever.
@@ -214,10 +214,10 @@ impl MeshState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::workload::PortMapping;
+    use ambit_xds::wds::PortMapping;
 
     fn workload(uid: &str, ip: &str) -> Workload {
-        let mut w = Workload::for_test(uid, ip);
+        let mut w = crate::state::test_workload(uid, ip);
         w.services.insert(
             "ns/svc".to_owned(),
             vec![PortMapping {

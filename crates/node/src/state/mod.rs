@@ -8,13 +8,12 @@
 //! Invariants:
 //! - The indices always agree with the maps: replacing or removing a workload drops its old
 //!   addresses first, and an address index entry is removed only by the workload that owns it.
-//! - A resource that failed to parse never enters the state (see [`workload`]).
+//! - A resource that failed to decode never enters the state (see [`ambit_xds::wds`]).
 
 pub mod handler;
 mod mesh;
 mod snapshot;
 mod upstream;
-pub mod workload;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +25,9 @@ use tokio::sync::watch;
 
 pub use self::mesh::MeshState;
 pub use self::upstream::{ResolveError, Upstream};
-pub use self::workload::{DecodeError, PortMapping, Protocol, Service, Workload};
 use crate::certs::Certificates;
 use crate::proxy::ConnectionCounts;
+pub use ambit_xds::wds::{DecodeError, PortMapping, Protocol, Service, Workload};
 
 /// Who this proxy is, as far as the state cares.
 #[derive(Debug, Clone)]
@@ -145,6 +144,34 @@ impl ProxyState {
             .mesh
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An HBONE pod `uid` at `ip` in namespace `ns`, service account `x`, on node `n`, for tests.
+#[cfg(test)]
+pub(crate) fn test_workload(uid: &str, ip: &str) -> Workload {
+    Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "ns".into(),
+        addresses: ip.parse().into_iter().collect(),
+        network: String::new(),
+        protocol: Protocol::Hbone,
+        identity: "spiffe://td/ns/ns/sa/x"
+            .parse()
+            .expect("valid test identity"),
+        node: "n".into(),
+        canonical_name: uid.into(),
+        canonical_revision: "v1".into(),
+        workload_type: "deployment",
+        workload_name: uid.into(),
+        services: std::collections::BTreeMap::new(),
+        authorization_policies: vec![],
+        healthy: true,
+        cluster_id: String::new(),
+        host_network: false,
+        region: String::new(),
+        zone: String::new(),
     }
 }
 

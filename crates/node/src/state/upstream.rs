@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ProxyState;
-use super::workload::{Service, Workload};
+use ambit_xds::wds::{Service, Workload};
 
 /// Where to send an outbound connection.
 #[derive(Debug, Clone)]
@@ -93,12 +93,12 @@ impl ProxyState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::workload::PortMapping;
+    use ambit_xds::wds::PortMapping;
 
     use crate::state::test_state as state;
 
     fn endpoint(uid: &str, ip: &str, healthy: bool, target: u16) -> Workload {
-        let mut w = Workload::for_test(uid, ip);
+        let mut w = crate::state::test_workload(uid, ip);
         w.healthy = healthy;
         w.services.insert(
             "ns/svc.ns.svc.cluster.local".to_owned(),
