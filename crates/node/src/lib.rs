@@ -13,9 +13,11 @@
 //! Where things are (data path):
 //!
 //! - [`config`]: [`NodeConfig`], what `ambit node` is told.
-//! - [`proxy`]: [`NodeProxy`] (start, drain), the listeners, the outbound, inbound HBONE and
-//!   inbound passthrough paths, and [`proxy::authorize`], where policy is decided.
-//! - [`hbone`]: HBONE client, connection pool, tunnel streams and headers.
+//! - [`proxy`]: [`NodeProxy`] (start, drain), the listeners, the outbound and inbound
+//!   passthrough paths, and [`proxy::authorize`], where policy is decided.
+//! - [`hbone`]: HBONE client, connection pool, the 15008 server, tunnel streams and headers.
+//! - [`socket`], [`scope`], [`drain`], [`conn`]: what every path shares: how sockets are made
+//!   (in which network namespace), graceful shutdown, and what is known about a connection.
 //! - [`inpod`]: in-pod mode: the ZDS client and the listener sets inside each pod's network
 //!   namespace.
 //! - [`state`]: [`ProxyState`], the mesh as WDS (or [`local_config`]) describes it, and the
@@ -30,12 +32,16 @@ pub mod telemetry;
 // Data path.
 pub mod certs;
 pub mod config;
+pub mod conn;
 pub mod control;
 mod copy;
+pub mod drain;
 pub mod hbone;
 pub mod inpod;
 pub mod local_config;
 pub mod proxy;
+pub mod scope;
+pub mod socket;
 pub mod state;
 
 pub use config::NodeConfig;

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::socket::SocketFactory;
+use crate::socket::SocketFactory;
 
 /// Where a listener set's connections come from and go out of. See the [module docs](self).
 #[derive(Debug)]

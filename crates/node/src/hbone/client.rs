@@ -20,10 +20,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::pool::StreamLease;
-use super::stream::H2Stream;
+use super::stream::{H2Stream, Lease};
 use super::{HboneError, client_builder};
-use crate::proxy::socket::{self, SocketFactory};
+use crate::socket::{self, SocketFactory};
 
 /// A freshly opened HBONE connection: the request handle and the connection to drive.
 pub(crate) type Connected = (SendRequest<Bytes>, Connection<TlsStream<TcpStream>, Bytes>);
@@ -87,7 +86,7 @@ pub(crate) async fn send_connect(
     sender: &mut SendRequest<Bytes>,
     request: &ConnectRequest,
     timeout: Duration,
-    lease: Option<Arc<StreamLease>>,
+    lease: Option<Lease>,
 ) -> Result<H2Stream, HboneError> {
     let exchange = async {
         poll_fn(|cx| sender.poll_ready(cx))

@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn baggage_describes_the_source_as_ztunnel_does() {
-        let source = crate::state::test_workload("scraper", "10.0.0.1");
+        let source = crate::state::testing::test_workload("scraper", "10.0.0.1");
         let value = baggage("Kubernetes", &source).unwrap();
         assert_eq!(
             value,

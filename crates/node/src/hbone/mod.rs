@@ -2,17 +2,19 @@
 //!
 //! - `client`: opens a tunnel connection to a destination workload as a source workload.
 //! - `pool`: shares those connections between tunnels with the same identities and address.
+//! - `server`: the inbound side, each workload's 15008: TLS as the workload, HTTP/2, one
+//!   authorized CONNECT stream per tunnel to the application.
 //! - `stream`: one CONNECT stream as a flow-controlled reader and writer.
 //! - `headers`: `Forwarded`, `Baggage`, `Traceparent`, in ztunnel's formats.
 //!
-//! The inbound side (the 15008 server) lives in `proxy::inbound`; both sides share
-//! the HTTP/2 settings below, which bound what one peer can make us hold: at most
+//! Both sides share the HTTP/2 settings below, which bound what one peer can make us hold: at most
 //! [`MAX_CONCURRENT_STREAMS`] streams per connection, a 4 MiB connection receive window, 256 KiB
 //! of queued send data per stream and 16 KiB of headers.
 
 pub(crate) mod client;
 pub(crate) mod headers;
 pub(crate) mod pool;
+pub(crate) mod server;
 pub(crate) mod stream;
 
 use std::io;

@@ -32,7 +32,7 @@ use tracing::debug;
 
 use super::HboneError;
 use super::client::{ConnectRequest, send_connect};
-use super::stream::H2Stream;
+use super::stream::{H2Stream, Lease};
 
 /// What a pooled connection proved in its handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -115,7 +115,7 @@ impl Pool {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if let Some((mut sender, lease)) = self.checkout(key) {
-            match send_connect(&mut sender, request, timeout, Some(lease)).await {
+            match send_connect(&mut sender, request, timeout, Some(lease as Lease)).await {
                 Err(e) if e.is_retryable() => {
                     debug!(error = %e, "pooled HBONE connection refused the stream; dialing anew");
                 }
@@ -127,7 +127,7 @@ impl Pool {
         if let Some((mut sender, lease)) = self.checkout(key) {
             drop(guard);
             self.release_dial_lock(key, lock);
-            return send_connect(&mut sender, request, timeout, Some(lease)).await;
+            return send_connect(&mut sender, request, timeout, Some(lease as Lease)).await;
         }
         let dialed = dial().await;
         let leased = dialed.map(|(sender, connection)| {
@@ -138,7 +138,7 @@ impl Pool {
         drop(guard);
         self.release_dial_lock(key, lock);
         let (mut sender, lease) = leased?;
-        send_connect(&mut sender, request, timeout, Some(lease)).await
+        send_connect(&mut sender, request, timeout, Some(lease as Lease)).await
     }
 
     /// Takes every connection dialed from network namespace `netns` out of the pool (its pod

@@ -29,16 +29,16 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use super::Inputs;
-use super::authorize::authorize;
-use super::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info};
-use super::drain::Kind;
-use super::scope::Scope;
-use super::socket::{self, canonical};
+use crate::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info};
 use crate::copy::{self, Transferred};
+use crate::drain::Kind;
 use crate::hbone::headers::forwarded_for;
 use crate::hbone::server_builder;
 use crate::hbone::stream::H2Stream;
+use crate::proxy::authorize::authorize;
+use crate::proxy::inputs::Inputs;
+use crate::scope::Scope;
+use crate::socket::{self, canonical};
 use crate::state::{Protocol, Workload};
 use crate::telemetry::{ConnectionInfo, Direction, ResponseFlags, SecurityPolicy};
 

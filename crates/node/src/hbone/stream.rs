@@ -9,6 +9,7 @@
 //! The methods are poll-based so that the copy (`crate::copy`) can drive both halves from one
 //! small hand-written state instead of holding an `async` future per operation.
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -16,7 +17,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 
-use super::pool::StreamLease;
+/// What a tunnel holds for as long as it lives: the pool's claim on its connection's stream
+/// slot, released on drop. Opaque here, so streams do not depend on the pool.
+pub(crate) type Lease = Arc<dyn fmt::Debug + Send + Sync>;
 
 /// The receiving half of a tunnel.
 #[derive(Debug)]
@@ -35,17 +38,13 @@ pub(crate) struct H2Writer {
 pub(crate) struct H2Stream {
     pub(crate) reader: H2Reader,
     pub(crate) writer: H2Writer,
-    _lease: Option<Arc<StreamLease>>,
+    _lease: Option<Lease>,
 }
 
 impl H2Stream {
     /// A tunnel over `send`/`recv`. `lease` is held until the tunnel is dropped (a pooled
     /// connection counts its streams with it).
-    pub(crate) fn new(
-        send: SendStream<Bytes>,
-        recv: RecvStream,
-        lease: Option<Arc<StreamLease>>,
-    ) -> Self {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, lease: Option<Lease>) -> Self {
         Self {
             reader: H2Reader { recv },
             writer: H2Writer { send },

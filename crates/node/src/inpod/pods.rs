@@ -22,13 +22,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use super::NetnsSocketFactory;
+use super::socket::NetnsSocketFactory;
 use crate::config::InPodConfig;
-use crate::proxy::drain::Drain;
+use crate::drain::Drain;
+use crate::hbone::server;
+use crate::proxy::inputs::Inputs;
 use crate::proxy::listeners::{Listeners, accept_loop};
-use crate::proxy::scope::Scope;
-use crate::proxy::socket::SocketFactory;
-use crate::proxy::{Inputs, inbound};
+use crate::scope::Scope;
+use crate::socket::SocketFactory;
 
 /// Why a pod's listeners could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +270,7 @@ impl Pod {
             hbone.0,
             &drain,
             drain.stop_accepting.clone(),
-            move |s, p| inbound::serve(i.clone(), scope.clone(), s, p),
+            move |s, p| server::serve(i.clone(), scope.clone(), s, p),
         );
         Ok(Self {
             info,

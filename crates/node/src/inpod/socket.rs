@@ -26,7 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::debug;
 
-use crate::proxy::socket::{SocketFactory, listen_on};
+use crate::socket::{SocketFactory, listen_on};
 
 /// Unconnected upstream sockets kept ready per address family.
 const STOCK: usize = 8;

@@ -38,8 +38,8 @@ use tracing::{debug, info, warn};
 
 use super::pods::{Added, InPod, PodError, PodInfo};
 use crate::config::InPodConfig;
-use crate::proxy::Inputs;
-use crate::proxy::conn::error_chain;
+use crate::conn::error_chain;
+use crate::proxy::inputs::Inputs;
 
 /// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -1,7 +1,7 @@
 //! A read-only, cloneable view of a running proxy for the admin and readiness servers.
 //!
 //! The admin server (`/config_dump`, `/healthz/ready`) runs beside the data path and only
-//! reads: it gets an [`AdminView`], never the [`super::NodeProxy`] itself, so it can neither
+//! reads: it gets an [`AdminView`], never the `NodeProxy` itself, so it can neither
 //! drain nor reconfigure anything.
 
 use std::collections::BTreeMap;
@@ -10,13 +10,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 
-use super::Inputs;
+use super::inputs::Inputs;
+use crate::inpod::InPod;
 
 /// What the admin server may see of a node proxy. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AdminView {
     pub(super) inputs: Arc<Inputs>,
     pub(super) hbone: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>,
+    pub(super) inpod: Option<Arc<InPod>>,
 }
 
 impl AdminView {
@@ -60,7 +62,7 @@ impl AdminView {
                 "controlPlaneConnected".to_owned(),
                 json!(self.inputs.xds.as_ref().map(|x| x.connected())),
             );
-            if let Some(pods) = &self.inputs.inpod {
+            if let Some(pods) = &self.inpod {
                 map.insert(
                     "inpod".to_owned(),
                     json!({ "zdsConnected": pods.is_connected(), "pods": pods.statuses() }),

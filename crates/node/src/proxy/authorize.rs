@@ -10,7 +10,7 @@
 use ambit_authz::{Connection, Target};
 use tracing::info;
 
-use super::conn::ConnInfo;
+use crate::conn::ConnInfo;
 use crate::state::ProxyState;
 
 /// Decides whether `conn` may reach its destination workload: `Err(reason)` denies.

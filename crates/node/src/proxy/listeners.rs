@@ -17,11 +17,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::drain::Drain;
-use super::scope::Scope;
-use super::socket::{SocketFactory, canonical};
-use super::{Inputs, StartError, outbound, passthrough, socks5};
+use super::error::StartError;
+use super::inputs::Inputs;
+use super::{outbound, passthrough};
 use crate::config::ListenerConfig;
+use crate::drain::Drain;
+use crate::scope::Scope;
+use crate::socket::{SocketFactory, canonical};
 
 /// Bound but not yet serving listeners of one network namespace.
 #[derive(Debug)]
@@ -102,7 +104,7 @@ impl Listeners {
         if let Some(listener) = self.socks5 {
             let (i, sc) = (inputs.clone(), scope.clone());
             accept_loop("SOCKS5", listener, drain, stop, move |s, p| {
-                socks5::serve(i.clone(), sc.clone(), s, p)
+                outbound::serve_socks5(i.clone(), sc.clone(), s, p)
             });
         }
     }

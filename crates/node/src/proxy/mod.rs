@@ -4,28 +4,26 @@
 //! file), binds every listener of the proxy's own network namespace ([`Listeners`]) before
 //! returning, and starts the per-workload HBONE listeners (`workload_listeners`) that follow
 //! the state — or, in in-pod mode, the ZDS client ([`crate::inpod`]) that opens a listener set
-//! inside each pod's network namespace instead. Connections run as tasks tracked by the `drain`
-//! signals, and open their sockets in the namespace they arrived in (`scope`).
+//! inside each pod's network namespace instead. Connections run as tasks tracked by the
+//! [`crate::drain`] signals, share the proxy's [`inputs`], and open their sockets in the
+//! namespace they arrived in ([`crate::scope`]).
 //!
 //! Data path, shared mode:
 //!
 //! ```text
 //! app ─► 15001 (SO_ORIGINAL_DST) or 15080 (SOCKS5) ─► outbound ─► HBONE pool ══► <pod ip>:15008
-//! <pod ip>:15008 ─► inbound (TLS as the pod, HTTP/2, CONNECT) ─► authorize ─► app
+//! <pod ip>:15008 ─► HBONE server (TLS as the pod, HTTP/2, CONNECT) ─► authorize ─► app
 //! plaintext ─► 15006 ─► passthrough ─► authorize ─► app
 //! ```
 
 mod admin_view;
 pub mod authorize;
-pub(crate) mod conn;
-pub(crate) mod drain;
-pub(crate) mod inbound;
+mod error;
+pub(crate) mod inputs;
 pub(crate) mod listeners;
 pub(crate) mod outbound;
 pub(crate) mod passthrough;
-pub(crate) mod scope;
-pub mod socket;
-mod socks5;
+pub(crate) mod socks5;
 mod workload_listeners;
 
 use std::collections::BTreeMap;
@@ -33,52 +31,27 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ambit_identity::control_plane::{RootsError, read_roots};
+use ambit_identity::control_plane::read_roots;
 use ambit_identity::{CaConfig, CertificateAuthority, ControlPlaneError, LocalSigner};
 use ambit_xds::client::ClientHandle;
 use tracing::info;
 
 pub use self::admin_view::AdminView;
-pub use self::conn::ConnInfo;
-pub use self::drain::ConnectionCounts;
-use self::drain::Drain;
+pub use self::error::StartError;
+use self::inputs::Inputs;
 pub use self::listeners::{BoundAddrs, Listeners};
-use self::scope::Scope;
-pub use self::socket::{DefaultSocketFactory, SocketFactory};
 use crate::certs::{Certificates, NodeSigner};
 use crate::config::{CertificateSource, ConfigSource, NodeConfig};
 use crate::control;
+use crate::drain::Drain;
 use crate::hbone::pool::Pool;
 use crate::inpod::{InPod, InPodStatus};
-use crate::local_config::{LocalConfig, LocalConfigError};
+use crate::local_config::LocalConfig;
+use crate::scope::Scope;
+use crate::socket::{DefaultSocketFactory, SocketFactory};
 use crate::state::handler::WdsHandler;
 use crate::state::{NodeInfo, ProxyState};
 use crate::telemetry::Telemetry;
-
-/// Why the node proxy could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    #[error("cannot bind the {what} listener on {addr}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("local config")]
-    LocalConfig(#[from] LocalConfigError),
-    #[error("control plane")]
-    Control(#[from] ControlPlaneError),
-    #[error("mesh root certificates")]
-    Roots(#[from] RootsError),
-    #[error("local certificate authority in {dir}")]
-    LocalCa {
-        dir: String,
-        #[source]
-        source: ambit_identity::CaError,
-    },
-}
 
 /// A running node proxy. Dropping it aborts everything at once; prefer [`NodeProxy::drain`].
 #[derive(Debug)]
@@ -86,21 +59,8 @@ pub struct NodeProxy {
     inputs: Arc<Inputs>,
     addrs: BoundAddrs,
     hbone: Arc<Mutex<BTreeMap<IpAddr, SocketAddr>>>,
-}
-
-/// Everything a connection handler needs, shared by all of them.
-#[derive(Debug)]
-pub(crate) struct Inputs {
-    pub(crate) config: NodeConfig,
-    pub(crate) state: ProxyState,
-    pub(crate) telemetry: Telemetry,
-    pub(crate) pool: Pool,
-    /// The proxy's own network namespace: its factory and shared listener addresses.
-    pub(crate) shared: Arc<Scope>,
-    pub(crate) xds: Option<ClientHandle>,
-    pub(crate) drain: Drain,
     /// The pods served in their own namespaces; `None` in shared mode.
-    pub(crate) inpod: Option<Arc<InPod>>,
+    inpod: Option<Arc<InPod>>,
 }
 
 impl NodeProxy {
@@ -153,15 +113,15 @@ impl NodeProxy {
             shared: Arc::new(Scope::shared(factory, addrs.all())),
             xds,
             drain,
-            inpod: config.inpod.is_some().then(Arc::default),
             config,
         });
+        let inpod: Option<Arc<InPod>> = inputs.config.inpod.is_some().then(Arc::default);
         listeners.serve(&inputs, &inputs.shared, &inputs.drain);
         let hbone = Arc::new(Mutex::default());
         // In-pod mode binds 15008 inside each pod instead; certificates are prefetched alike.
-        let per_workload = inputs.inpod.is_none();
+        let per_workload = inpod.is_none();
         workload_listeners::spawn(inputs.clone(), hbone.clone(), per_workload);
-        if let (Some(pods), Some(config)) = (&inputs.inpod, &inputs.config.inpod) {
+        if let (Some(pods), Some(config)) = (&inpod, &inputs.config.inpod) {
             crate::inpod::spawn(inputs.clone(), pods.clone(), config.clone());
         }
         spawn_metrics_sync(&inputs);
@@ -170,6 +130,7 @@ impl NodeProxy {
             inputs,
             addrs,
             hbone,
+            inpod,
         })
     }
 
@@ -212,13 +173,13 @@ impl NodeProxy {
         AdminView {
             inputs: self.inputs.clone(),
             hbone: self.hbone.clone(),
+            inpod: self.inpod.clone(),
         }
     }
 
     /// The pods served in their own network namespaces (in-pod mode; empty otherwise).
     pub fn inpod_pods(&self) -> Vec<InPodStatus> {
-        self.inputs
-            .inpod
+        self.inpod
             .as_ref()
             .map(|pods| pods.statuses())
             .unwrap_or_default()
@@ -226,7 +187,7 @@ impl NodeProxy {
 
     /// Whether the ZDS connection to the capture agent is up (`None` outside in-pod mode).
     pub fn zds_connected(&self) -> Option<bool> {
-        self.inputs.inpod.as_ref().map(|pods| pods.is_connected())
+        self.inpod.as_ref().map(|pods| pods.is_connected())
     }
 
     /// Whether the WDS stream is up (`None` without a control plane).

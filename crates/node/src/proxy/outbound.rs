@@ -26,17 +26,17 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Inputs;
-use super::conn::{bare_info, error_chain, peer_info, service_info};
-use super::drain::Kind;
-use super::scope::Scope;
-use super::socket::{self, original_dst};
-use super::socks5::{self, Reply};
+use super::inputs::Inputs;
+use super::socks5::{self, Reply, Socks5Error};
+use crate::conn::{bare_info, error_chain, peer_info, service_info};
 use crate::copy::{self, Side, Transferred};
+use crate::drain::Kind;
 use crate::hbone::client::{self, ConnectRequest};
 use crate::hbone::headers;
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{HboneError, stream::H2Stream};
+use crate::scope::Scope;
+use crate::socket::{self, original_dst};
 use crate::state::{Protocol, ResolveError, Upstream, Workload};
 use crate::telemetry::{ConnectionInfo, Direction, ResponseFlags, SecurityPolicy};
 
@@ -88,6 +88,31 @@ pub(crate) async fn serve_redirected(
     let local = stream.local_addr().map(socket::canonical);
     let dst = original_dst(&stream).or(local.ok()).unwrap_or(peer);
     run(&inputs, &scope, stream, peer, dst, false).await;
+}
+
+/// Serves a SOCKS5 client of 15080: the handshake, then the outbound path.
+pub(crate) async fn serve_socks5(
+    inputs: Arc<Inputs>,
+    scope: Arc<Scope>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = inputs.config.timeouts.handshake;
+    let request = tokio::time::timeout(timeout, socks5::handshake(&mut stream))
+        .await
+        .unwrap_or(Err(Socks5Error::Timeout(timeout)));
+    match request {
+        Ok(dst) => run(&inputs, &scope, stream, peer, dst, true).await,
+        Err(e) => {
+            let local = stream.local_addr().unwrap_or(peer);
+            if let Some(code) = e.reply() {
+                let _ = socks5::reply(&mut stream, code).await;
+            }
+            inputs
+                .telemetry
+                .log_refused(&bare_info(Direction::Outbound, peer, local), &e);
+        }
+    }
 }
 
 /// Proxies `stream` from `src` to its original destination `dst`; `socks` says a SOCKS5

@@ -13,13 +13,13 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use super::Inputs;
 use super::authorize::authorize;
-use super::conn::{ConnInfo, bare_info, error_chain, peer_info};
-use super::drain::Kind;
-use super::scope::Scope;
-use super::socket::{self, original_dst};
+use super::inputs::Inputs;
+use crate::conn::{ConnInfo, bare_info, error_chain, peer_info};
 use crate::copy::{self, Transferred};
+use crate::drain::Kind;
+use crate::scope::Scope;
+use crate::socket::{self, original_dst};
 use crate::telemetry::{Direction, ResponseFlags};
 
 /// Serves one connection accepted on 15006.

@@ -1,5 +1,6 @@
-//! The SOCKS5 listener (15080, as ztunnel has): outbound capture for hosts without
-//! redirection, and for loopback tests.
+//! SOCKS5 as the 15080 listener speaks it (as ztunnel has): outbound capture for hosts without
+//! redirection, and for loopback tests. The listener's handler is
+//! [`super::outbound::serve_socks5`]; this module is the protocol.
 //!
 //! RFC 1928, the subset a mesh needs: method "no authentication" only, command CONNECT only,
 //! destinations by IPv4 or IPv6 address (a name would need DNS the mesh does not do here).
@@ -8,17 +9,9 @@
 //! The client is identified by its source address, exactly as on 15001.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use super::Inputs;
-use super::conn::bare_info;
-use super::outbound;
-use super::scope::Scope;
-use crate::telemetry::Direction;
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -56,31 +49,6 @@ pub(crate) enum Socks5Error {
     AddressType(u8),
     #[error("no SOCKS5 request within {0:?}")]
     Timeout(Duration),
-}
-
-/// Serves one SOCKS5 client: handshake, then the outbound path.
-pub(crate) async fn serve(
-    inputs: Arc<Inputs>,
-    scope: Arc<Scope>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let timeout = inputs.config.timeouts.handshake;
-    let request = tokio::time::timeout(timeout, handshake(&mut stream))
-        .await
-        .unwrap_or(Err(Socks5Error::Timeout(timeout)));
-    match request {
-        Ok(dst) => outbound::run(&inputs, &scope, stream, peer, dst, true).await,
-        Err(e) => {
-            let local = stream.local_addr().unwrap_or(peer);
-            if let Some(code) = e.reply() {
-                let _ = reply(&mut stream, code).await;
-            }
-            inputs
-                .telemetry
-                .log_refused(&bare_info(Direction::Outbound, peer, local), &e);
-        }
-    }
 }
 
 /// Reads the greeting and the request; answers the greeting. Returns the destination.
@@ -129,7 +97,7 @@ where
 
 impl Socks5Error {
     /// The reply owed to the client, if the handshake got far enough to owe one.
-    fn reply(&self) -> Option<Reply> {
+    pub(crate) fn reply(&self) -> Option<Reply> {
         match self {
             Self::Command(_) => Some(Reply::CommandNotSupported),
             // Domain names (type 3) included: the mesh resolves no names here.

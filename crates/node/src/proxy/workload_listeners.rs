@@ -24,8 +24,9 @@ use ambit_identity::SpiffeId;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::inputs::Inputs;
 use super::listeners::accept_loop;
-use super::{Inputs, inbound};
+use crate::hbone::server;
 use crate::state::Protocol;
 
 /// Starts following the state; `bound` mirrors the listeners open at any time. Without
@@ -118,7 +119,7 @@ impl Set {
                     listener,
                     &self.inputs.drain,
                     token.clone(),
-                    move |s, p| inbound::serve(inputs.clone(), scope.clone(), s, p),
+                    move |s, p| server::serve(inputs.clone(), scope.clone(), s, p),
                 );
                 self.open.insert(ip, token);
                 self.bound().insert(ip, addr);

@@ -11,7 +11,7 @@ use ambit_xds::client::{Handler, Update};
 use ambit_xds::wds::{Address, decode_address, decode_authorization};
 use tracing::{debug, info, warn};
 
-use super::ProxyState;
+use super::proxy_state::ProxyState;
 
 /// Applies `istio.workload.Address` and `istio.security.Authorization` updates.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ mod tests {
     use ambit_xds::Resource;
     use prost::Message;
 
-    use crate::state::test_state as state;
+    use crate::state::proxy_state::test_state as state;
 
     fn resource(name: &str, w: pb::Workload) -> Resource {
         let body = pb::Address {

@@ -217,7 +217,7 @@ mod tests {
     use ambit_xds::wds::PortMapping;
 
     fn workload(uid: &str, ip: &str) -> Workload {
-        let mut w = crate::state::test_workload(uid, ip);
+        let mut w = crate::state::testing::test_workload(uid, ip);
         w.services.insert(
             "ns/svc".to_owned(),
             vec![PortMapping {

@@ -1,7 +1,7 @@
 //! The node proxy's view of the mesh: workloads, services and policies, indexed for the data
 //! path, plus read-only snapshots for the admin server's `/config_dump`.
 //!
-//! [`ProxyState`] is filled by the WDS [`handler`] (or once from a local file) and read by
+//! [`ProxyState`] ([`proxy_state`]) is filled by the WDS [`handler`] (or once from a local file) and read by
 //! every connection. Lookups take a read lock for a few hash probes and never await while
 //! holding it; updates bump a version that listeners and on-demand lookups watch.
 //!
@@ -12,178 +12,14 @@
 
 pub mod handler;
 mod mesh;
+pub mod proxy_state;
 mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
 mod upstream;
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-
-use ambit_identity::TrustDomain;
-use ambit_proto::security::Authorization;
-use tokio::sync::watch;
-
-pub use self::mesh::MeshState;
-pub use self::upstream::{ResolveError, Upstream};
-use crate::certs::Certificates;
-use crate::proxy::ConnectionCounts;
 pub use ambit_xds::wds::{DecodeError, PortMapping, Protocol, Service, Workload};
 
-/// Who this proxy is, as far as the state cares.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub node_name: String,
-    pub cluster_id: String,
-    pub trust_domain: TrustDomain,
-}
-
-/// Shared, cheaply cloneable handle on the proxy's state.
-#[derive(Debug, Clone)]
-pub struct ProxyState {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    node: NodeInfo,
-    mesh: RwLock<MeshState>,
-    /// Bumped after every applied change.
-    version: watch::Sender<u64>,
-    certificates: Option<Certificates>,
-    connections: Arc<ConnectionCounts>,
-    /// The first complete view of the mesh has been applied.
-    synced: AtomicBool,
-}
-
-impl ProxyState {
-    /// An empty state. `certificates` is shown in snapshots; `None` when the proxy has no CA.
-    pub fn new(node: NodeInfo, certificates: Option<Certificates>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                node,
-                mesh: RwLock::new(MeshState::default()),
-                version: watch::channel(0).0,
-                certificates,
-                connections: Arc::new(ConnectionCounts::default()),
-                synced: AtomicBool::new(false),
-            }),
-        }
-    }
-
-    pub fn node(&self) -> &NodeInfo {
-        &self.inner.node
-    }
-
-    pub fn certificates(&self) -> Option<&Certificates> {
-        self.inner.certificates.as_ref()
-    }
-
-    /// Counts of connections in flight, by listener.
-    pub fn connections(&self) -> &Arc<ConnectionCounts> {
-        &self.inner.connections
-    }
-
-    /// Whether the first complete view of the mesh (WDS's initial response, or the local file)
-    /// has been applied: the proxy is ready to serve.
-    pub fn is_synced(&self) -> bool {
-        self.inner.synced.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn mark_synced(&self) {
-        self.inner.synced.store(true, Ordering::Release);
-    }
-
-    /// Reads the mesh under the lock. `f` must not block.
-    pub fn read<T>(&self, f: impl FnOnce(&MeshState) -> T) -> T {
-        f(&self.read_lock())
-    }
-
-    /// Changes the mesh under the lock and tells watchers. `f` must not block.
-    pub fn update<T>(&self, f: impl FnOnce(&mut MeshState) -> T) -> T {
-        let out = f(&mut self.write_lock());
-        self.inner.version.send_modify(|v| *v = v.wrapping_add(1));
-        out
-    }
-
-    /// Resolves when the state changes after this call (for listeners and lookups).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.version.subscribe()
-    }
-
-    /// The workload owning `ip`, if any.
-    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.read(|m| m.workload_by_ip(ip))
-    }
-
-    /// The workload owning `ip` if it runs on this node.
-    pub fn local_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.workload_by_ip(ip)
-            .filter(|w| w.is_on(&self.inner.node.node_name))
-    }
-
-    /// Every workload running on this node.
-    pub fn local_workloads(&self) -> Vec<Arc<Workload>> {
-        self.read(|m| m.workloads_on(&self.inner.node.node_name))
-    }
-
-    /// The authorization policies as received.
-    pub fn policies(&self) -> Vec<Arc<Authorization>> {
-        self.read(|m| m.policies().cloned().collect())
-    }
-
-    fn read_lock(&self) -> RwLockReadGuard<'_, MeshState> {
-        // Nothing panics while holding the lock; if something did, the maps are still whole.
-        self.inner
-            .mesh
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_lock(&self) -> RwLockWriteGuard<'_, MeshState> {
-        self.inner
-            .mesh
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// An HBONE pod `uid` at `ip` in namespace `ns`, service account `x`, on node `n`, for tests.
-#[cfg(test)]
-pub(crate) fn test_workload(uid: &str, ip: &str) -> Workload {
-    Workload {
-        uid: uid.into(),
-        name: uid.into(),
-        namespace: "ns".into(),
-        addresses: ip.parse().into_iter().collect(),
-        network: String::new(),
-        protocol: Protocol::Hbone,
-        identity: "spiffe://td/ns/ns/sa/x"
-            .parse()
-            .expect("valid test identity"),
-        node: "n".into(),
-        canonical_name: uid.into(),
-        canonical_revision: "v1".into(),
-        workload_type: "deployment",
-        workload_name: uid.into(),
-        services: std::collections::BTreeMap::new(),
-        authorization_policies: vec![],
-        healthy: true,
-        cluster_id: String::new(),
-        host_network: false,
-        region: String::new(),
-        zone: String::new(),
-    }
-}
-
-/// An empty state of node `n` in cluster `c`, trust domain `td`, for the state modules' tests.
-#[cfg(test)]
-pub(crate) fn test_state() -> ProxyState {
-    ProxyState::new(
-        NodeInfo {
-            node_name: "n".into(),
-            cluster_id: "c".into(),
-            trust_domain: ambit_identity::TrustDomain::new("td").expect("valid trust domain"),
-        },
-        None,
-    )
-}
+pub use self::mesh::MeshState;
+pub use self::proxy_state::{NodeInfo, ProxyState};
+pub use self::upstream::{ResolveError, Upstream};

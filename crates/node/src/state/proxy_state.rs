@@ -133,3 +133,16 @@ impl ProxyState {
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// An empty state of node `n` in cluster `c`, trust domain `td`, for the state modules' tests.
+#[cfg(test)]
+pub(crate) fn test_state() -> ProxyState {
+    ProxyState::new(
+        NodeInfo {
+            node_name: "n".into(),
+            cluster_id: "c".into(),
+            trust_domain: ambit_identity::TrustDomain::new("td").expect("valid trust domain"),
+        },
+        None,
+    )
+}

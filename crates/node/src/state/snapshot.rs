@@ -10,7 +10,7 @@ use ambit_identity::{CertificateState, CertificateStatus};
 use ambit_proto::security::{self as pb, Authorization};
 use serde_json::{Value, json};
 
-use super::ProxyState;
+use super::proxy_state::ProxyState;
 
 impl ProxyState {
     /// Every workload, sorted by uid.

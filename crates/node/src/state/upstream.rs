@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::ProxyState;
+use super::proxy_state::ProxyState;
 use ambit_xds::wds::{Service, Workload};
 
 /// Where to send an outbound connection.
@@ -95,10 +95,10 @@ mod tests {
     use super::*;
     use ambit_xds::wds::PortMapping;
 
-    use crate::state::test_state as state;
+    use crate::state::proxy_state::test_state as state;
 
     fn endpoint(uid: &str, ip: &str, healthy: bool, target: u16) -> Workload {
-        let mut w = crate::state::test_workload(uid, ip);
+        let mut w = crate::state::testing::test_workload(uid, ip);
         w.healthy = healthy;
         w.services.insert(
             "ns/svc.ns.svc.cluster.local".to_owned(),

@@ -15,11 +15,11 @@
 //! connection already holds. Scrapes sort nothing: the maps are ordered.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::exposition::{family, sample};
 use super::{ConnectionInfo, Direction, SecurityPolicy, ServiceInfo};
 
 /// The `tag` of `istio_build` unless [`Metrics::with_build_tag`] says otherwise.
@@ -356,46 +356,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave a map half-updated in a way that
     // matters for counters, so keep serving rather than propagate the poison.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of a metric family.
-pub(super) fn family(out: &mut String, name: &str, help: &str, kind: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Writes one sample line.
-pub(super) fn sample(
-    out: &mut String,
-    name: &str,
-    labels: &[(&str, &str)],
-    value: impl std::fmt::Display,
-) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(out, v);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Label values escape `\`, `"` and newline, per the exposition format.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
 }

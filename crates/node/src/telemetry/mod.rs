@@ -20,6 +20,7 @@
 //! OWNER: telemetry helper. The data path only uses the items declared in this file.
 
 pub mod access_log;
+mod exposition;
 pub mod metrics;
 mod process;
 #[cfg(test)]

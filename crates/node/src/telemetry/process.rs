@@ -5,7 +5,7 @@
 //! Reading `/proc` needs no privileges and no `unsafe`; a value that cannot be read (another
 //! OS, a hardened `/proc`) is left out of the scrape rather than reported as zero.
 
-use super::metrics::{family, sample};
+use super::exposition::{family, sample};
 
 /// Clock ticks per second in `/proc/<pid>/stat`. `USER_HZ` is part of Linux's user-space ABI
 /// and is 100 on every architecture Ambit targets; reading it via `sysconf` would need `unsafe`.

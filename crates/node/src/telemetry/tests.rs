@@ -3,7 +3,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::metrics::{Metrics, sample};
+use super::exposition::sample;
+use super::metrics::Metrics;
 
 #[test]
 fn label_values_are_escaped() {
