@@ -1,19 +1,19 @@
-//! Process-wide logging: human-readable text by default, one JSON object per line with
-//! `--log-format json`, levels from `--log-level` or `RUST_LOG` (the same filter syntax), and a
-//! handle to change the filter at runtime (the node proxy's `/logging` admin endpoint).
+//! Process-wide logging for every role: ztunnel's text lines by default, ztunnel's JSON
+//! objects with `--log-format json` (both from `ambit_logging`), written to stderr; levels from
+//! `--log-level` or `RUST_LOG` (the same filter syntax), and a handle to change the filter at
+//! runtime (the node proxy's `/logging` admin endpoint).
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// Log line format.
+    /// Log line format: ztunnel's TAB-separated text, or ztunnel's JSON keys.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
@@ -80,21 +80,18 @@ pub(crate) fn init(args: &LogArgs, default: &str) -> anyhow::Result<LogHandle> {
     };
     let filter = EnvFilter::try_new(&text).with_context(|| format!("bad log filter {text:?}"))?;
     let (filter, reload) = reload::Layer::new(filter);
-    let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(filter);
-    let installed = match args.log_format {
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+    let format = match args.log_format {
+        LogFormat::Text => ambit_logging::Format::Text,
+        LogFormat::Json => ambit_logging::Format::Json,
     };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(ambit_logging::layer(
+            format,
+            ambit_logging::Clock::System,
+            std::io::stderr,
+        ))
+        .try_init();
     installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(LogHandle {
         reload,

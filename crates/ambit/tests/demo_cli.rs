@@ -108,9 +108,11 @@ fn demo_carries_the_enrolled_namespace_over_mtls_and_cleans_up() {
 
     // The access logs go to stderr, ztunnel-shaped, with the proven identity.
     assert!(
-        run.stderr.lines().any(|l| l.contains("connection complete")
-            && l.contains(&format!("src.identity=\"{PROMETHEUS}\""))
-            && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
+        run.stderr
+            .lines()
+            .any(|l| l.contains("\tinfo\taccess\tconnection complete\t")
+                && l.contains(&format!("src.identity=\"{PROMETHEUS}\""))
+                && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
         "no access log line for the mTLS scrape; {context}"
     );
     // Only access logs and problems by default: no start-up chatter from the roles.
@@ -170,9 +172,11 @@ fn assert_namespace_demo(run: &Run) {
         "{summary}"
     );
     assert!(
-        run.stderr.lines().any(|l| l.contains("connection complete")
-            && l.contains(&format!("src.identity=\"{PROMETHEUS_0}\""))
-            && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
+        run.stderr
+            .lines()
+            .any(|l| l.contains("\tinfo\taccess\tconnection complete\t")
+                && l.contains(&format!("src.identity=\"{PROMETHEUS_0}\""))
+                && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
         "no access log line for the mTLS scrape; {context}"
     );
     let dir = removed_dir_ns(&run.stdout);

@@ -228,7 +228,10 @@ fn the_seed_scenario_prometheus_scrapes_over_mutual_tls_across_nodes() {
     let logs = mesh.proxy_lines("node-a").join("\n") + &mesh.proxy_lines("node-b").join("\n");
     let line = logs
         .lines()
-        .find(|l| l.contains("connection complete") && l.contains("src.workload=\"prometheus-0\""))
+        .find(|l| {
+            l.contains("\tinfo\taccess\tconnection complete\t")
+                && l.contains("src.workload=\"prometheus-0\"")
+        })
         .unwrap_or_else(|| panic!("no access log line for prometheus-0:\n{logs}"));
     for field in ["src.namespace=\"prometheus\"", PROMETHEUS_ID, EXPORTER_ID] {
         assert!(line.contains(field), "{field} missing in {line}");

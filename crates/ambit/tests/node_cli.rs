@@ -65,7 +65,7 @@ fn two_node_proxies_carry_a_connection_over_hbone() {
     wait_until("the access log line", || {
         let log = std::fs::read_to_string(mesh.log("node-b")).unwrap_or_default();
         log.lines().any(|l| {
-            l.contains("connection complete")
+            l.contains("\tinfo\taccess\tconnection complete\t")
                 && l.contains(client_id)
                 && l.contains(server_id)
                 && l.contains("direction=\"inbound\"")

@@ -1,18 +1,25 @@
 //! Telemetry as a dashboard or `kubectl logs` reader sees it: the exact metric lines and label
-//! sets ztunnel exports, and the exact access log line tracing-subscriber prints, in text and
-//! JSON.
+//! sets ztunnel exports, and the exact access log lines the binaries' formatter
+//! (`ambit_logging`) prints, in text and JSON: golden files for fixed records, and the line a
+//! real connection through two node proxies leaves.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use ambit_node::telemetry::access_log::{self, AccessRecord};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ambit_logging::{Capture, Clock, Format};
+use ambit_node::telemetry::access_log::AccessRecord;
 use ambit_node::telemetry::{
     ConnectionInfo, Direction, LogFormat, Metrics, PeerInfo, ResponseFlags, SecurityPolicy,
     ServiceInfo, Telemetry,
 };
+use ambit_testkit::{LoopbackAddrs, eventually};
+use common::{Mesh, Pod, echo, echo_roundtrip, socks_connect, wait_hbone};
 
 const SLEEP_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
 const HTTPBIN_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
@@ -259,131 +266,68 @@ fn fixed_record() -> AccessRecord {
     AccessRecord::new(&outbound_mtls(), 120, 560, Duration::from_millis(12), None)
 }
 
-#[test]
-fn access_log_text_has_ztunnels_fields_in_order() {
-    let want = [
-        "connection complete",
-        // dst.addr is where the proxy connected (the peer's HBONE port), dst.hbone_addr the
-        // original destination, as in ztunnel.
-        "src.addr=10.0.0.1:41234",
-        r#"src.workload="sleep""#,
-        r#"src.namespace="default""#,
-        r#"src.identity="spiffe://cluster.local/ns/default/sa/sleep""#,
-        "dst.addr=10.0.0.2:15008",
-        "dst.hbone_addr=10.0.0.2:8080",
-        r#"dst.service="httpbin.default.svc.cluster.local""#,
-        r#"dst.workload="httpbin""#,
-        r#"dst.namespace="default""#,
-        r#"dst.identity="spiffe://cluster.local/ns/default/sa/httpbin""#,
-        r#"direction="outbound""#,
-        "bytes_sent=120",
-        "bytes_recv=560",
-        r#"duration="12ms""#,
-    ];
-    assert_eq!(access_log::render_text(&fixed_record()), want.join(" "));
+/// 2026-03-01T12:34:56.789012Z.
+fn clock() -> Clock {
+    Clock::Fixed(UNIX_EPOCH + Duration::new(1_772_368_496, 789_012_000))
 }
 
-#[test]
-fn access_log_text_leaves_out_what_is_unknown() {
-    let r = AccessRecord::new(
+/// Runs `f` under the binaries' formatter in `format` (every level, a fixed clock) and returns
+/// its lines.
+fn capture(format: Format, f: impl FnOnce()) -> Vec<String> {
+    let out = Capture::new();
+    tracing::subscriber::with_default(ambit_logging::subscriber(format, clock(), out.clone()), f);
+    out.lines()
+}
+
+fn golden(name: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The golden files' records: an outbound mutual TLS connection, plaintext from outside the
+/// mesh that ended in error, and a connection refused before it was opened.
+fn golden_records() {
+    let t = telemetry();
+    fixed_record().emit();
+    AccessRecord::new(
         &inbound_unknown(),
         3,
         7,
         Duration::from_millis(1500),
         Some("peer reset".into()),
-    );
-    let want = [
-        "connection complete",
-        "src.addr=192.168.1.5:50000",
-        "dst.addr=10.0.0.2:8080",
-        r#"dst.workload="httpbin""#,
-        r#"dst.namespace="default""#,
-        // No identity: the connection was not mutual TLS.
-        r#"direction="inbound""#,
-        "bytes_sent=3",
-        "bytes_recv=7",
-        r#"duration="1500ms""#,
-        r#"error="peer reset""#,
-    ];
-    assert_eq!(access_log::render_text(&r), want.join(" "));
-    assert_eq!(r.level(), tracing::Level::ERROR);
-}
-
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-/// Runs `f` under the binary's subscriber (`--log-format` text or json) and returns its lines.
-fn capture(format: LogFormat, f: impl FnOnce()) -> Vec<String> {
-    let out = Captured::default();
-    let writer = out.clone();
-    let builder = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .without_time()
-        .with_max_level(tracing::Level::TRACE);
-    match format {
-        LogFormat::Text => tracing::subscriber::with_default(builder.finish(), f),
-        LogFormat::Json => {
-            tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), f)
-        }
-    }
-    out.lines()
+    )
+    .emit();
+    t.log_refused(&inbound_unknown(), "no such workload");
 }
 
 #[test]
-fn tracing_text_output_is_the_rendered_line() {
-    let record = fixed_record();
-    let lines = capture(LogFormat::Text, || record.emit());
+fn access_log_text_matches_the_golden_file() {
+    // tests/golden/access_log.log, column by column (TAB-separated):
+    // time, level, target, message, then ztunnel's fields in ztunnel's order, strings quoted,
+    // addresses and numbers bare, unknown fields and unproven identities left out.
     assert_eq!(
-        lines,
-        [format!(
-            " INFO access: {}",
-            access_log::render_text(&record)
-        )]
+        capture(Format::Text, golden_records),
+        golden("access_log.log")
     );
 }
 
 #[test]
-fn tracing_json_output_carries_the_same_fields() {
-    let record = fixed_record();
-    let lines = capture(LogFormat::Json, || record.emit());
-    assert_eq!(lines.len(), 1);
-    let got: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&lines[0]).unwrap();
-    let mut want = access_log::render_json(&record);
-    assert_eq!(want["src.addr"], "10.0.0.1:41234");
-    assert_eq!(want["bytes_sent"], 120);
-    assert_eq!(want["duration"], "12ms");
-    want.insert("level".into(), "INFO".into());
-    want.insert("target".into(), "access".into());
-    assert_eq!(got, want);
+fn access_log_json_matches_the_golden_file() {
+    let lines = capture(Format::Json, golden_records);
+    assert_eq!(lines, golden("access_log.jsonl"));
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["scope"], "access");
+    assert_eq!(first["bytes_sent"], 120);
+    assert_eq!(first["duration"], "12ms");
 }
 
 #[test]
 fn a_guard_logs_once_and_a_dropped_one_says_so() {
     let t = telemetry();
-    let lines = capture(LogFormat::Json, || {
+    let lines = capture(Format::Json, || {
         let mut conn = t.open(outbound_mtls());
         conn.add_sent(5);
         conn.add_recv(9);
@@ -392,7 +336,7 @@ fn a_guard_logs_once_and_a_dropped_one_says_so() {
     });
     assert_eq!(lines.len(), 2, "{lines:?}");
     let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-    assert_eq!(first["level"], "INFO");
+    assert_eq!(first["level"], "info");
     assert_eq!(first["message"], "connection complete");
     assert_eq!(
         (first["bytes_sent"].as_u64(), first["bytes_recv"].as_u64()),
@@ -406,7 +350,7 @@ fn a_guard_logs_once_and_a_dropped_one_says_so() {
     assert!(first.get("error").is_none());
 
     let dropped: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
-    assert_eq!(dropped["level"], "ERROR");
+    assert_eq!(dropped["level"], "error");
     assert_eq!(dropped["error"], "connection dropped");
     assert_eq!(dropped["direction"], "inbound");
     assert!(dropped.get("src.identity").is_none());
@@ -421,14 +365,156 @@ fn a_guard_logs_once_and_a_dropped_one_says_so() {
 #[test]
 fn refused_connections_are_logged_like_an_early_deny() {
     let t = telemetry();
-    let lines = capture(LogFormat::Text, || {
+    let lines = capture(Format::Text, || {
         t.log_refused(&inbound_unknown(), "no such workload")
     });
     assert_eq!(
         lines,
         [
-            r#" WARN access: connection failed src.addr=192.168.1.5:50000 dst.addr=10.0.0.2:8080 direction="inbound" error="no such workload""#
+            "2026-03-01T12:34:56.789012Z\twarn\taccess\tconnection failed\t\
+             src.addr=192.168.1.5:50000 dst.addr=10.0.0.2:8080 direction=\"inbound\" \
+             error=\"no such workload\""
         ]
     );
     assert!(samples(&t.metrics().render(), "istio_tcp_connections_opened_total").is_empty());
+}
+
+// === a real connection ===
+
+/// The `connection complete` line of `direction` in `lines`, with its time column and the
+/// duration's number replaced by `<time>` and `<n>` (the only parts a test cannot know).
+fn complete_line(lines: &[String], direction: &str) -> Option<String> {
+    let line = lines.iter().find(|l| {
+        l.contains("\taccess\tconnection complete\t")
+            && l.contains(&format!("direction=\"{direction}\""))
+    })?;
+    let (time, rest) = line.split_once('\t')?;
+    assert!(is_rfc3339_micros(time), "{line}");
+    let (before, after) = rest.split_once("duration=\"")?;
+    let (millis, after) = after.split_once("ms\"")?;
+    assert!(millis.parse::<u64>().is_ok(), "{line}");
+    Some(format!("<time>\t{before}duration=\"<n>ms\"{after}"))
+}
+
+/// `2026-03-01T12:34:56.789012Z`: RFC 3339, UTC, microseconds.
+fn is_rfc3339_micros(time: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((date, clock)) = time.split_once('T') else {
+        return false;
+    };
+    let date: Vec<&str> = date.split('-').collect();
+    let Some(clock) = clock.strip_suffix('Z') else {
+        return false;
+    };
+    let Some((hms, micros)) = clock.split_once('.') else {
+        return false;
+    };
+    let hms: Vec<&str> = hms.split(':').collect();
+    date.len() == 3
+        && date
+            .iter()
+            .zip([4, 2, 2])
+            .all(|(p, n)| p.len() == n && digits(p))
+        && hms.len() == 3
+        && hms.iter().all(|p| p.len() == 2 && digits(p))
+        && micros.len() == 6
+        && digits(micros)
+}
+
+#[tokio::test]
+async fn a_real_connection_logs_the_golden_shape_on_both_proxies() {
+    // The test runtime has one thread: the proxies' tasks, and the access log's writer thread
+    // (which writes under the dispatcher the line was recorded with), all log here.
+    let out = Capture::new();
+    let _guard = tracing::subscriber::set_default(ambit_logging::subscriber(
+        Format::Text,
+        Clock::System,
+        out.clone(),
+    ));
+    let addrs = LoopbackAddrs::new();
+    let (scraper, server) = (addrs.next_addr(), addrs.next_addr());
+    let mut manifests = [
+        common::namespace("client", true),
+        common::namespace("server", true),
+    ]
+    .concat();
+    for (name, namespace, node, ip) in [
+        ("scraper", "client", "node-a", scraper),
+        ("echo", "server", "node-b", server),
+    ] {
+        manifests.push_str(&common::pod(&Pod {
+            name,
+            namespace,
+            service_account: name,
+            node,
+            ip,
+        }));
+    }
+    let mesh = Mesh::start(addrs, &manifests, &["node-a", "node-b"]).await;
+    let _echo = echo((server, 8080).into()).await;
+    let a = mesh.node(mesh.node_config("node-a")).await;
+    let b = mesh.node(mesh.node_config("node-b")).await;
+    wait_hbone(&b, server, 15008).await;
+
+    let stream = socks_connect(
+        a.addrs().socks5.unwrap(),
+        scraper.into(),
+        (server, 8080).into(),
+    )
+    .await
+    .unwrap();
+    let client: SocketAddr = stream.local_addr().unwrap();
+    assert_eq!(echo_roundtrip(stream, b"sixteen bytes!!!").await.len(), 16);
+
+    eventually!(observe = complete_line(&out.lines(), "outbound"), |l| l
+        .is_some());
+    let outbound = complete_line(&out.lines(), "outbound").unwrap();
+    let ids = "src.identity=\"spiffe://cluster.local/ns/client/sa/scraper\"";
+    assert_eq!(
+        outbound,
+        format!(
+            "<time>\tinfo\taccess\tconnection complete\t\
+             src.addr={client} src.workload=\"scraper\" src.namespace=\"client\" {ids} \
+             dst.addr={server}:15008 dst.hbone_addr={server}:8080 dst.workload=\"echo\" \
+             dst.namespace=\"server\" dst.identity=\"spiffe://cluster.local/ns/server/sa/echo\" \
+             direction=\"outbound\" bytes_sent=16 bytes_recv=16 duration=\"<n>ms\""
+        )
+    );
+    // The destination's line: the same shape, the source named by its verified identity.
+    eventually!(observe = complete_line(&out.lines(), "inbound"), |l| l
+        .is_some());
+    let inbound = complete_line(&out.lines(), "inbound").unwrap();
+    let (head, fields) = inbound.rsplit_once('\t').unwrap();
+    assert_eq!(head, "<time>\tinfo\taccess\tconnection complete");
+    let keys: Vec<&str> = fields
+        .split(' ')
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "src.addr",
+            "src.workload",
+            "src.namespace",
+            "src.identity",
+            "dst.addr",
+            "dst.hbone_addr",
+            "dst.workload",
+            "dst.namespace",
+            "dst.identity",
+            "direction",
+            "bytes_sent",
+            "bytes_recv",
+            "duration"
+        ],
+        "{inbound}"
+    );
+    for field in [
+        ids,
+        "dst.identity=\"spiffe://cluster.local/ns/server/sa/echo\"",
+        "bytes_sent=16",
+        "bytes_recv=16",
+    ] {
+        assert!(fields.contains(field), "{field} missing in {inbound}");
+    }
 }

@@ -42,8 +42,8 @@ pub(crate) struct VerifyArgs {
     #[arg(long = "stats", value_name = "ADDR")]
     stats: Vec<SocketAddr>,
 
-    /// A node proxy's access log (`connection complete` lines, text or JSON), e.g. saved with
-    /// `kubectl logs -n istio-system ds/ztunnel`. Repeatable.
+    /// A node proxy's access log (`connection complete` lines, text or JSON, Ambit's or a stock
+    /// ztunnel's), e.g. saved with `kubectl logs -n istio-system ds/ztunnel`. Repeatable.
     #[arg(long = "access-log", value_name = "FILE")]
     access_log: Vec<PathBuf>,
 

@@ -3,17 +3,14 @@
 //! The plugin is a short-lived process whose stdout belongs to the runtime, so it does not rely
 //! on whatever subscriber the binary installed: [`with_stderr_log`] runs the plugin under its
 //! own subscriber for the calling thread (the plugin's runtime is current-thread, so every task
-//! runs there). Spans are not tracked; only events are written.
+//! runs there). Its lines have the shape of every other Ambit binary's (ztunnel's text).
 
-use std::fmt::{self, Write as _};
-use std::io::Write as _;
 use std::str::FromStr;
 
-use tracing::field::{Field, Visit};
+use tracing::Level;
 use tracing::level_filters::LevelFilter;
-use tracing::span;
-use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// How much the plugin logs, from `ambit.log_level` (or Istio's `plugin_log_level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,66 +41,57 @@ impl FromStr for LogLevel {
 
 /// Runs `f` with the plugin's events written to stderr at `level`.
 pub(crate) fn with_stderr_log<T>(level: LogLevel, f: impl FnOnce() -> T) -> T {
-    tracing::subscriber::with_default(StderrLog { max: level.0 }, f)
+    with_log(level, std::io::stderr, f)
 }
 
-/// Writes each enabled event as `LEVEL ambit-cni: message key=value ...`.
-#[derive(Debug)]
-struct StderrLog {
-    max: Option<Level>,
+/// Runs `f` with the plugin's events at `level` or above written to `writer`, in ztunnel's text
+/// shape (`<time>\t<level>\t<target>\t<message>\t<key>=<value> …`, see `ambit_logging`).
+fn with_log<T, W>(level: LogLevel, writer: W, f: impl FnOnce() -> T) -> T
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let subscriber = tracing_subscriber::registry()
+        .with(LevelFilter::from(level.0))
+        .with(ambit_logging::layer(
+            ambit_logging::Format::Text,
+            ambit_logging::Clock::System,
+            writer,
+        ));
+    tracing::subscriber::with_default(subscriber, f)
 }
 
-impl Subscriber for StderrLog {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        // Decided per event: other threads may run under another subscriber.
-        Interest::sometimes()
-    }
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
 
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.max.is_some_and(|max| *metadata.level() <= max)
-    }
+    use super::*;
 
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::from(self.max))
-    }
+    #[test]
+    fn lines_have_ztunnels_shape_and_respect_the_level() {
+        let out = ambit_logging::Capture::new();
+        with_log(LogLevel::DEFAULT, out.clone(), || {
+            tracing::info!(pod = "default/a", "not shown at the default level");
+            tracing::warn!(pod = "default/a", "cannot reach the agent");
+        });
+        let lines = out.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let columns: Vec<&str> = lines[0].split('\t').collect();
+        assert_eq!(
+            columns[1..],
+            [
+                "warn",
+                "ambit_capture::plugin::log::tests",
+                "cannot reach the agent",
+                r#"pod="default/a""#
+            ],
+            "{lines:?}"
+        );
+        assert!(columns[0].ends_with('Z'), "{lines:?}");
 
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut line = format!("{} ambit-cni:", event.metadata().level());
-        event.record(&mut LineVisitor(&mut line));
-        line.push('\n');
-        // A log line that cannot be written is dropped: logging must never fail the plugin.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn enter(&self, _: &span::Id) {}
-
-    fn exit(&self, _: &span::Id) {}
-}
-
-struct LineVisitor<'a>(&'a mut String);
-
-impl Visit for LineVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = if field.name() == "message" {
-            write!(self.0, " {value:?}")
-        } else {
-            write!(self.0, " {}={value:?}", field.name())
-        };
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = if field.name() == "message" {
-            write!(self.0, " {value}")
-        } else {
-            write!(self.0, " {}={value:?}", field.name())
-        };
+        let silent = ambit_logging::Capture::new();
+        with_log("none".parse().unwrap(), silent.clone(), || {
+            tracing::error!("never written");
+        });
+        assert!(silent.lines().is_empty());
     }
 }

@@ -1,23 +1,26 @@
 //! ztunnel-shaped access logs: one `connection complete` event per connection, target `access`.
 //!
 //! The node proxy does not format log lines itself: it emits a `tracing` event whose fields are
-//! chosen so that the binary's `tracing-subscriber` layers print exactly what ztunnel prints.
-//! In text:
+//! those of ztunnel's (`src/proxy/metrics.rs`), in its order and with its value types, and the
+//! binary's formatter (`ambit_logging`) prints it as ztunnel does. In text (one line; a TAB,
+//! `⇥` here, between the time, level, target, message and fields):
 //!
 //! ```text
-//! INFO access: connection complete src.addr=10.0.0.1:41234 src.workload="sleep" src.namespace="default"
-//!   src.identity="spiffe://cluster.local/ns/default/sa/sleep" dst.addr=10.0.0.2:15008
-//!   dst.hbone_addr=10.0.0.2:8080 dst.service="httpbin.default.svc.cluster.local"
+//! 2026-03-01T12:34:56.789012Z⇥info⇥access⇥connection complete⇥src.addr=10.0.0.1:41234
+//!   src.workload="sleep" src.namespace="default" src.identity="spiffe://cluster.local/ns/default/sa/sleep"
+//!   dst.addr=10.0.0.2:15008 dst.hbone_addr=10.0.0.2:8080 dst.service="httpbin.default.svc.cluster.local"
 //!   dst.workload="httpbin" dst.namespace="default" dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"
 //!   direction="outbound" bytes_sent=120 bytes_recv=560 duration="12ms"
 //! ```
 //!
-//! (one line), and with `--log-format json` one flattened object with the same keys. The field
-//! value types do the quoting: names and identities are recorded as `&str` (quoted in text,
+//! and with `--log-format json` one object with `level`, `time`, `scope` and the same keys. The
+//! field value types do the quoting: names and identities are recorded as `&str` (quoted in text,
 //! strings in JSON), addresses via `Display` (bare in text), byte counts as `u64` (bare in text,
 //! numbers in JSON). Unknown fields are `None` and so left out entirely, as ztunnel does;
 //! identities are shown only for mutual TLS connections, so a log line never claims an identity
-//! that was not proven on the wire.
+//! that was not proven on the wire. A connection that ended in error is logged at `error` with
+//! `error="…"` last. The fields are those of ztunnel up to 1.30: the `src.cluster` and
+//! `dst.cluster` of 1.31 are not written.
 //!
 //! Field meanings follow ztunnel, whose names differ from [`ConnectionInfo`]'s: `dst.addr` is
 //! the address the proxy actually connected to (the peer's `:15008` for HBONE) and
@@ -30,8 +33,6 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-
-use serde_json::{Map, Value};
 
 use super::{ConnectionInfo, Direction, SecurityPolicy};
 
@@ -49,13 +50,13 @@ pub const MESSAGE: &str = "connection complete";
 /// The message of a connection refused before it was opened.
 pub const REFUSED_MESSAGE: &str = "connection failed";
 
-/// How the binary formats log lines (`--log-format`).
+/// How the binary formats log lines (`--log-format`), as `/config_dump` reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum LogFormat {
-    /// tracing-subscriber's text format: `key=value` pairs after the message.
+    /// ztunnel's text lines: TAB-separated columns, `key=value` fields after the message.
     #[default]
     Text,
-    /// One JSON object per line, event fields flattened to the top level.
+    /// ztunnel's JSON: one object per line, `level`, `time`, `scope`, then the fields.
     Json,
 }
 
@@ -178,36 +179,6 @@ impl AccessRecord {
     }
 }
 
-/// The text a `tracing-subscriber` fmt layer prints for [`AccessRecord::emit`] after
-/// `<LEVEL> access: `, byte for byte (without ANSI colours).
-pub fn render_text(record: &AccessRecord) -> String {
-    let mut line = String::from(MESSAGE);
-    for (key, value) in fields(record) {
-        let value = match value {
-            FieldValue::Str(s) => format!("{s:?}"),
-            FieldValue::Bare(s) => s,
-            FieldValue::Number(n) => n.to_string(),
-        };
-        line.push_str(&format!(" {key}={value}"));
-    }
-    line
-}
-
-/// The keys and values a flattened JSON formatter prints for [`AccessRecord::emit`], besides
-/// `timestamp`, `level` and `target`.
-pub fn render_json(record: &AccessRecord) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("message".into(), MESSAGE.into());
-    for (key, value) in fields(record) {
-        let value = match value {
-            FieldValue::Str(s) | FieldValue::Bare(s) => Value::from(s),
-            FieldValue::Number(n) => Value::from(n),
-        };
-        map.insert(key.into(), value);
-    }
-    map
-}
-
 /// Logs a connection refused before it could be described, as ztunnel's `log_early_deny`:
 /// level `WARN`, message `connection failed`, only addresses, direction and the error.
 pub fn emit_refused(src_addr: SocketAddr, dst_addr: SocketAddr, direction: Direction, error: &str) {
@@ -224,44 +195,6 @@ pub fn emit_refused(src_addr: SocketAddr, dst_addr: SocketAddr, direction: Direc
 }
 
 // === helpers ===
-
-enum FieldValue {
-    /// Recorded as `&str`: quoted (Debug-escaped) in text, a string in JSON.
-    Str(String),
-    /// Recorded via `Display`: bare in text, a string in JSON.
-    Bare(String),
-    /// Recorded as `u64`: bare in text, a number in JSON.
-    Number(u64),
-}
-
-/// The fields of [`AccessRecord::emit`], in order, without the absent ones.
-fn fields(r: &AccessRecord) -> Vec<(&'static str, FieldValue)> {
-    use FieldValue::{Bare, Number, Str};
-    let opt = |v: &Option<String>| v.clone().map(Str);
-    [
-        ("src.addr", Some(Bare(r.src_addr.to_string()))),
-        ("src.workload", opt(&r.src_workload)),
-        ("src.namespace", opt(&r.src_namespace)),
-        ("src.identity", opt(&r.src_identity)),
-        ("dst.addr", Some(Bare(r.dst_addr.to_string()))),
-        (
-            "dst.hbone_addr",
-            r.dst_hbone_addr.map(|a| Bare(a.to_string())),
-        ),
-        ("dst.service", opt(&r.dst_service)),
-        ("dst.workload", opt(&r.dst_workload)),
-        ("dst.namespace", opt(&r.dst_namespace)),
-        ("dst.identity", opt(&r.dst_identity)),
-        ("direction", Some(Str(direction_str(r.direction).into()))),
-        ("bytes_sent", Some(Number(r.bytes_sent))),
-        ("bytes_recv", Some(Number(r.bytes_recv))),
-        ("duration", Some(Str(r.duration_text()))),
-        ("error", opt(&r.error)),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.map(|v| (k, v)))
-    .collect()
-}
 
 fn direction_str(d: Direction) -> &'static str {
     match d {

@@ -123,13 +123,14 @@ mod writer {
     }
 
     impl Lines {
+        /// The binary's text formatter, its clock stopped at the epoch.
         fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
             let lines = self.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || LineWriter(lines.clone()))
-                .with_ansi(false)
-                .without_time()
-                .finish()
+            ambit_logging::subscriber(
+                ambit_logging::Format::Text,
+                ambit_logging::Clock::Fixed(std::time::UNIX_EPOCH),
+                move || LineWriter(lines.clone()),
+            )
         }
 
         fn taken(&self) -> Vec<(String, String)> {
@@ -180,15 +181,17 @@ mod writer {
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(
             got[0].0.starts_with(
-                " INFO access: connection complete src.addr=10.0.0.1:41234 \
-                 dst.addr=10.0.0.2:8080 direction=\"outbound\" bytes_sent=5 bytes_recv=0"
+                "1970-01-01T00:00:00.000000Z\tinfo\taccess\tconnection complete\t\
+                 src.addr=10.0.0.1:41234 dst.addr=10.0.0.2:8080 direction=\"outbound\" \
+                 bytes_sent=5 bytes_recv=0 duration=\""
             ),
             "{got:?}"
         );
         assert_eq!(
             got[1].0,
-            " WARN access: connection failed src.addr=10.0.0.1:41234 dst.addr=10.0.0.2:8080 \
-             direction=\"outbound\" error=\"no such workload\""
+            "1970-01-01T00:00:00.000000Z\twarn\taccess\tconnection failed\t\
+             src.addr=10.0.0.1:41234 dst.addr=10.0.0.2:8080 direction=\"outbound\" \
+             error=\"no such workload\""
         );
         for (line, thread) in &got {
             assert_eq!(thread, "access-log", "written on the data path: {line}");

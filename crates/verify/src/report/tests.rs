@@ -249,7 +249,8 @@ fn access_logs_are_judged_like_metrics() {
             ""
         };
         format!(
-            "INFO access: connection complete src.addr=10.1.0.5:4000 src.workload=\"{client}\" \
+            "2026-11-26T12:00:00.000000Z\tinfo\taccess\tconnection complete\t\
+             src.addr=10.1.0.5:4000 src.workload=\"{client}\" \
              src.namespace=\"prometheus\" dst.addr=10.1.0.7:15008{tunnel} \
              dst.workload=\"node-exporter\" dst.namespace=\"prometheus\" \
              direction=\"outbound\" bytes_sent=10 bytes_recv=90\n"

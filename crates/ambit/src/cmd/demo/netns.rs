@@ -67,9 +67,10 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         dir: dir.path().to_owned(),
         log_level: "warn,access=info".to_owned(),
         sink: Some(Arc::new(move |role: &str, line: &str| {
-            let shown = line.contains("connection complete")
-                || line.contains("WARN")
-                || line.contains("ERROR");
+            // The roles write ztunnel's text lines: time, level, target, message, fields.
+            let mut columns = line.split('\t').skip(1);
+            let (level, target) = (columns.next(), columns.next());
+            let shown = target == Some("access") || matches!(level, Some("warn" | "error"));
             // Stopping the roles makes them report lost peers: expected, so not shown.
             if shown && !stopping_sink.load(Ordering::Relaxed) {
                 eprintln!("[{role}] {line}");
