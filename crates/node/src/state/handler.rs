@@ -13,6 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::proxy_state::ProxyState;
 
+/// The target of the per-policy lines, as ztunnel's `xds` module logs them.
+const XDS_TARGET: &str = "xds";
+
 /// Applies `istio.workload.Address` and `istio.security.Authorization` updates.
 #[derive(Debug, Clone)]
 pub struct WdsHandler {
@@ -60,6 +63,14 @@ impl WdsHandler {
     }
 
     fn authorizations(&self, update: Update) -> Applied {
+        // ztunnel's lines for each policy change (target `xds`), written before the state lock
+        // is taken so a slow log never holds it.
+        for resource in &update.upserts {
+            info!(target: XDS_TARGET, "handling RBAC update {}", resource.name);
+        }
+        for name in &update.removals {
+            info!(target: XDS_TARGET, "handling RBAC delete {name}");
+        }
         let mut applied = Applied::default();
         self.state.update(|mesh| {
             for resource in update.upserts {
@@ -187,5 +198,52 @@ mod tests {
         );
         assert!(state.workload_by_ip([10, 0, 0, 1].into()).is_some());
         assert!(state.read(|m| m.is_not_found([10, 9, 9, 9].into())));
+    }
+
+    #[test]
+    fn policy_changes_are_logged_as_ztunnel_logs_them() {
+        use ambit_logging::{Capture, Clock, Format};
+
+        let handler = WdsHandler::new(state());
+        let policy = ambit_proto::security::Authorization {
+            name: "allow".into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        let update = Update {
+            upserts: vec![Resource::new(
+                "ns/allow",
+                prost_types::Any {
+                    type_url: ambit_proto::AUTHORIZATION_TYPE_URL.into(),
+                    value: policy.encode_to_vec(),
+                },
+            )],
+            removals: vec!["ns/old".into()],
+            initial: false,
+        };
+        let out = Capture::new();
+        let subscriber = ambit_logging::subscriber(
+            Format::Text,
+            Clock::Fixed(std::time::UNIX_EPOCH),
+            out.clone(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            handler
+                .handle(ambit_proto::AUTHORIZATION_TYPE_URL, update)
+                .unwrap();
+        });
+        let time = "1970-01-01T00:00:00.000000Z";
+        let lines: Vec<String> = out
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("\tinfo\t"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                format!("{time}\tinfo\txds\thandling RBAC update ns/allow\t"),
+                format!("{time}\tinfo\txds\thandling RBAC delete ns/old\t"),
+            ]
+        );
     }
 }

@@ -1,4 +1,15 @@
 //! The client task: connect, stream, hand updates to the handler, back off, repeat.
+//!
+//! Its log lines are ztunnel's, so an operator's reading of a ztunnel's xDS log carries over:
+//! every line has the target `xds::client` ([`TARGET`]) and is written inside a span `xds` with
+//! the connection attempt's number, counting from 1 and failed attempts included, so text lines
+//! read `xds::client:xds{id=5}`. Per connection, `Stream established` (info); per response,
+//! `received response` with `type_url`, `size` (resources) and `removes` (removed names), at
+//! info as ztunnel up to 1.29 logs it (1.30 moved it to debug), then `sending response` with
+//! `type_url`, `nonce` and `type` (`Ack` at debug, `Nack` at error with the `error`); per
+//! on-demand name, `received on demand request <type_url>/<name>` (info); when a connection
+//! ends, `XDS client connection error: …, retrying in …` (could not connect) or `XDS client
+//! error: …, retrying in …` (the stream failed), at warn.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,12 +27,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
 use super::{BoxError, ClientConfig, Command, Handler, MAX_RESPONSE_BYTES, Subscription, Update};
 use super::{Resource, TokenSource};
 use crate::resource::WILDCARD;
+
+/// The target of the client's log lines: ztunnel's (its `xds::client` module), so a filter
+/// such as `RUST_LOG=info,xds::client=debug` reads the same for both.
+pub(crate) const TARGET: &str = "xds::client";
 
 /// Requests (ACKs, subscriptions) queued for the server before the client waits for it.
 const REQUEST_QUEUE: usize = 16;
@@ -64,6 +79,8 @@ pub(super) struct Worker<C> {
     types: BTreeMap<String, TypeState>,
     /// The handler accepted an update on the current connection: the next backoff restarts.
     healthy: bool,
+    /// Connection attempts so far (the `id` of the `xds` span).
+    attempts: u64,
 }
 
 /// What the client asked for and holds of one type.
@@ -120,6 +137,7 @@ where
             connected,
             types,
             healthy: false,
+            attempts: 0,
         }
     }
 
@@ -127,7 +145,9 @@ where
     pub(super) async fn run(mut self) {
         let mut delay = self.backoff_initial;
         loop {
-            let exit = self.session().await;
+            self.attempts += 1;
+            let span = info_span!(target: TARGET, "xds", id = self.attempts);
+            let exit = self.session().instrument(span.clone()).await;
             self.set_connected(false);
             let error = match exit {
                 Exit::Shutdown => break,
@@ -137,17 +157,17 @@ where
                 delay = self.backoff_initial;
             }
             let pause = jitter(delay);
-            warn!(error = %Chain(&error), retry_in = ?pause, "xDS connection lost");
-            if self
+            span.in_scope(|| log_lost(&error, pause));
+            let waited = self
                 .or_command(None, tokio::time::sleep(pause))
-                .await
-                .is_none()
-            {
+                .instrument(span)
+                .await;
+            if waited.is_none() {
                 break;
             }
             delay = delay.saturating_mul(2).min(self.backoff_max);
         }
-        info!("xDS client stopped");
+        info!(target: TARGET, "xDS client stopped");
     }
 
     /// One connection, from connect to the end of its stream.
@@ -190,7 +210,7 @@ where
             Some(Ok(response)) => response.into_inner(),
         };
         self.set_connected(true);
-        info!("xDS stream established");
+        info!(target: TARGET, "Stream established");
 
         loop {
             tokio::select! {
@@ -238,13 +258,27 @@ where
     fn on_response(&mut self, response: xds::DeltaDiscoveryResponse) -> xds::DeltaDiscoveryRequest {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
+        info!(
+            target: TARGET,
+            type_url,
+            size = response.resources.len(),
+            removes = response.removed_resources.len(),
+            "received response"
+        );
         let error_detail = match self.apply(response) {
             Ok(()) => {
-                debug!(type_url, nonce, "ACK");
+                debug!(target: TARGET, type_url, nonce, "type" = ?Signal::Ack, "sending response");
                 None
             }
             Err(message) => {
-                warn!(type_url, nonce, error = %message, "rejecting xDS update (NACK)");
+                error!(
+                    target: TARGET,
+                    type_url,
+                    nonce,
+                    "type" = ?Signal::Nack,
+                    error = message,
+                    "sending response"
+                );
                 Some(rpc::Status {
                     code: INVALID_ARGUMENT,
                     message,
@@ -314,6 +348,9 @@ where
                 added.push(name);
             }
         }
+        for name in &added {
+            info!(target: TARGET, "received on demand request {type_url}/{name}");
+        }
         let Some(session) = session.filter(|_| !added.is_empty()) else {
             return;
         };
@@ -377,6 +414,29 @@ impl Session {
     fn stamp(&mut self, mut request: xds::DeltaDiscoveryRequest) -> xds::DeltaDiscoveryRequest {
         request.node = self.node.take();
         request
+    }
+}
+
+/// What a reply to a response says, named as ztunnel's log names it (`type=Ack`, `type=Nack`).
+#[derive(Debug)]
+enum Signal {
+    Ack,
+    Nack,
+}
+
+/// Logs why a connection ended and when the next attempt comes, with ztunnel's wording.
+fn log_lost(error: &Error, pause: Duration) {
+    match error {
+        Error::Connect(_) => warn!(
+            target: TARGET,
+            "XDS client connection error: {}, retrying in {pause:?}",
+            Chain(error)
+        ),
+        _ => warn!(
+            target: TARGET,
+            "XDS client error: {}, retrying in {pause:?}",
+            Chain(error)
+        ),
     }
 }
 
