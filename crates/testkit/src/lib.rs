@@ -8,10 +8,14 @@
 //! - [`LoopbackAddrs`]: distinct `127.x.y.z` addresses, so several "workloads" in one process
 //!   are told apart by source address exactly as the node proxy's shared mode does.
 //!
+//! - [`shared_mesh`]: one mesh as Kubernetes manifests and the WDS every control-plane source must
+//!   serve for it.
+//!
 //! Mesh builders (`Mesh::loopback()…`) join this crate as the control plane and node proxy land.
 
 mod eventually;
 mod loopback;
+pub mod shared_mesh;
 
 pub use eventually::{DEFAULT_TIMEOUT, poll_until};
 pub use loopback::LoopbackAddrs;

@@ -1,0 +1,3 @@
+//! Helpers shared by the tier's test crates.
+
+pub(crate) mod control;
