@@ -42,6 +42,7 @@ pub mod control_plane;
 pub mod grpc;
 pub mod inspect;
 pub mod manager;
+mod provider;
 pub mod spiffe;
 pub mod tls;
 mod x509;

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::channel::PodCommand;
 use super::log::LogLevel;
-use super::output::{CniVersion, ErrorCode};
+use super::output::{CniVersion, ErrorCode, parse_cidr_address};
 
 /// Where the agent listens unless the configuration says otherwise (Istio's path).
 pub(crate) const DEFAULT_AGENT_SOCKET: &str = "/var/run/istio-cni/pluginevent.sock";
@@ -326,19 +326,4 @@ fn result_ips(result: &Map<String, Value>) -> Result<Vec<IpAddr>, InvocationErro
             })
         })
         .collect()
-}
-
-/// `10.0.0.5/24` → `10.0.0.5`; a bare address is accepted as well.
-pub(crate) fn parse_cidr_address(cidr: &str) -> Option<IpAddr> {
-    let (address, prefix) = match cidr.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (cidr, None),
-    };
-    let address: IpAddr = address.parse().ok()?;
-    let max_prefix = if address.is_ipv4() { 32 } else { 128 };
-    match prefix.map(str::parse::<u8>) {
-        None => Some(address),
-        Some(Ok(len)) if len <= max_prefix => Some(address),
-        Some(_) => None,
-    }
 }

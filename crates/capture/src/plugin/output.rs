@@ -4,12 +4,11 @@
 //! logs never go here (they go to stderr).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-
-use super::invocation::parse_cidr_address;
 
 /// A CNI spec version this plugin speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,4 +180,19 @@ pub(crate) fn passthrough_result(
         }
     }
     Value::Object(result)
+}
+
+/// `10.0.0.5/24` → `10.0.0.5`; a bare address is accepted as well.
+pub(crate) fn parse_cidr_address(cidr: &str) -> Option<IpAddr> {
+    let (address, prefix) = match cidr.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (cidr, None),
+    };
+    let address: IpAddr = address.parse().ok()?;
+    let max_prefix = if address.is_ipv4() { 32 } else { 128 };
+    match prefix.map(str::parse::<u8>) {
+        None => Some(address),
+        Some(Ok(len)) if len <= max_prefix => Some(address),
+        Some(_) => None,
+    }
 }

@@ -376,7 +376,9 @@ impl CertificateAuthority {
             &store,
             intermediates,
             UnixTime::since_unix_epoch(now),
-            crate::tls::provider().signature_verification_algorithms.all,
+            crate::provider::provider()
+                .signature_verification_algorithms
+                .all,
         )
         .map_err(CaError::SelfTest)
     }

@@ -207,7 +207,7 @@ impl PendingKey {
             Vec::new()
         };
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
-        let signing_key = crate::tls::provider()
+        let signing_key = crate::provider::provider()
             .key_provider
             .load_private_key(key_der)
             .map_err(ChainError::KeyLoad)?;

@@ -5,9 +5,12 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use super::status::error_chain;
-use super::{CertificateState, CertificateStatus, ManagerError, Outcome, WorkloadCertificate};
+use super::cert::WorkloadCertificate;
+use super::status::{CertificateState, CertificateStatus, ManagerError, error_chain};
 use crate::spiffe::SpiffeId;
+
+/// What one issuance ended with, as the manager's waiters receive it.
+pub(super) type Outcome = Result<Arc<WorkloadCertificate>, ManagerError>;
 
 /// One identity's state. `generation` tells a CSR task whether its identity was forgotten (and
 /// perhaps re-added) while it ran.

@@ -41,7 +41,7 @@ pub use signer::{CertificateSigner, LocalSigner, SignError};
 pub use status::{CertificateState, CertificateStatus, ManagerError};
 
 use self::cert::PendingKey;
-use self::entry::Entry;
+use self::entry::{Entry, Outcome};
 use self::status::error_chain;
 use crate::clock::Clock;
 use crate::spiffe::SpiffeId;
@@ -65,8 +65,6 @@ pub struct ManagerConfig {
 pub struct CertificateManager<S> {
     inner: Arc<Inner<S>>,
 }
-
-type Outcome = Result<Arc<WorkloadCertificate>, ManagerError>;
 
 struct Inner<S> {
     signer: S,

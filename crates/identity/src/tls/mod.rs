@@ -23,11 +23,9 @@ pub use control::{control_plane_client_config, control_plane_server_config};
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::Resumption;
-use rustls::crypto::CryptoProvider;
-use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
@@ -35,7 +33,6 @@ use rustls::server::{
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, CommonState, RootCertStore, ServerConfig,
-    SupportedCipherSuite,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -101,24 +98,7 @@ pub struct FixedCert {
     clock: Arc<dyn Clock>,
 }
 
-/// The process-wide crypto provider of the mesh. See the [module docs](self).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| {
-            let mut provider = aws_lc_rs::default_provider();
-            provider
-                .cipher_suites
-                .retain(|suite| matches!(suite, SupportedCipherSuite::Tls13(_)));
-            provider.kx_groups = vec![
-                kx_group::X25519MLKEM768,
-                kx_group::X25519,
-                kx_group::SECP256R1,
-            ];
-            Arc::new(provider)
-        })
-        .clone()
-}
+pub use crate::provider::provider;
 
 /// A client config that presents `cert` and accepts a server only if its chain verifies
 /// against `roots` and its SPIFFE id is one of `expected`.

@@ -39,9 +39,9 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tracing::Instrument as _;
 
+use super::ads::{AdsServer, MAX_REQUEST_BYTES, OUTBOUND_QUEUE};
 use super::stream::{AdsStream, Outgoing};
 use super::wire::{CHUNK, EncodedResponse};
-use super::{AdsServer, MAX_REQUEST_BYTES, OUTBOUND_QUEUE};
 
 /// Body bytes of one stream that may be in HTTP/2's hands, not yet written to the connection.
 const IN_FLIGHT: usize = 4 * CHUNK;
@@ -87,6 +87,14 @@ struct Chunk {
 }
 
 // === impl AdsService ===
+
+impl AdsServer {
+    /// The service to add to a tonic server, refusing requests larger than
+    /// [`MAX_REQUEST_BYTES`].
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
+    }
+}
 
 impl AdsService {
     pub(super) fn new(server: AdsServer) -> Self {

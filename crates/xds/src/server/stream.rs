@@ -28,9 +28,10 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
+use super::ads::{ClientId, ServerStats};
+use super::store::Store;
 use super::subscription::{Delta, TypeSubscription};
 use super::wire::{EncodedResponse, ResponseFields};
-use super::{ClientId, ServerStats, Store};
 
 /// Type URLs one stream may subscribe to. Istio's ambient mode uses two.
 pub(crate) const MAX_TYPES: usize = 64;
