@@ -427,7 +427,7 @@ impl Cluster {
             .trim()
             .parse()
             .with_context(|| format!("{} holds no pid", pid_file.display()))?;
-        crate::process::terminate(pid, Duration::from_secs(20)).await;
+        crate::pid::terminate(pid, Duration::from_secs(20)).await;
 
         let args = std::fs::read_to_string(&args_file)?;
         let mut args = args.lines();

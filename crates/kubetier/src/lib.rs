@@ -40,6 +40,7 @@
 mod cluster;
 mod env;
 mod kubelet;
+mod pid;
 mod private;
 mod process;
 

@@ -121,7 +121,7 @@ impl RoleProcess {
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_none() {
             if let Ok(pid) = i32::try_from(self.child.id()) {
-                signal(pid, rustix::process::Signal::TERM);
+                crate::pid::signal(pid, rustix::process::Signal::TERM);
             }
             let deadline = Instant::now() + grace;
             while self.exited().is_none() && Instant::now() < deadline {
@@ -137,34 +137,5 @@ impl RoleProcess {
 impl Drop for RoleProcess {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
-    }
-}
-
-/// Stops process `pid` that this process did not start (SIGTERM, SIGKILL after `grace`), and
-/// returns once it is gone.
-pub(crate) async fn terminate(pid: i32, grace: Duration) {
-    let deadline = Instant::now() + grace;
-    signal(pid, rustix::process::Signal::TERM);
-    while alive(pid) {
-        if Instant::now() >= deadline {
-            signal(pid, rustix::process::Signal::KILL);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn signal(pid: i32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // A process that has ended but not been reaped by its parent (a zombie) counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
