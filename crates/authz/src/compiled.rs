@@ -14,6 +14,10 @@
 //! `spiffe://` scheme; identity fields never match a connection without an identity, and their
 //! negations always do.
 //!
+//! An unknown scope (a value newer than this build) never widens access: the policy applies
+//! mesh-wide, and an ALLOW among them matches nothing (ztunnel rejects the resource instead,
+//! which would drop a DENY).
+//!
 //! Fail-closed invariant: an entry that cannot be read (a bad address, a port above 65535, a
 //! string match without a type) makes its whole match never hold in an ALLOW policy, and drops
 //! its field (so the match holds more often) in a DENY policy. ztunnel instead drops the entry,
@@ -87,6 +91,7 @@ impl CompiledPolicy {
     /// [`warnings`](Self::warnings).
     pub fn compile(authorization: &Authorization, dry_run: bool) -> Self {
         let mut warnings = Vec::new();
+        let mut unknown_scope = false;
         let action = match wire::Action::try_from(authorization.action) {
             Ok(wire::Action::Allow) => PolicyAction::Allow,
             Ok(wire::Action::Deny) => PolicyAction::Deny,
@@ -103,14 +108,22 @@ impl CompiledPolicy {
             Ok(wire::Scope::Namespace) => PolicyScope::Namespace,
             Ok(wire::Scope::WorkloadSelector) => PolicyScope::WorkloadSelector,
             Err(_) => {
-                warnings.push(format!(
-                    "unknown scope {}; applied mesh-wide",
-                    authorization.scope
-                ));
+                // Applied mesh-wide either way: a DENY then covers every workload it might have
+                // meant, and an ALLOW (below) matches nothing, so it can only take access away.
+                let meaning = match action {
+                    PolicyAction::Allow => "applied mesh-wide, matching nothing",
+                    PolicyAction::Deny => "applied mesh-wide",
+                };
+                warnings.push(format!("unknown scope {}; {meaning}", authorization.scope));
+                unknown_scope = true;
                 PolicyScope::Global
             }
         };
-        let rules = read_rules(authorization, action, &mut warnings);
+        let mut rules = read_rules(authorization, action, &mut warnings);
+        if unknown_scope && action == PolicyAction::Allow {
+            // A policy without rules matches nothing.
+            rules.clear();
+        }
         let program = lower(rules).unwrap_or_else(|TooLarge| {
             // Unreachable from the wire (see `TooLarge`); fail closed all the same.
             let (outcome, meaning) = match action {

@@ -85,6 +85,54 @@ fn empty_shapes_follow_ztunnel() {
     }
 }
 
+/// A scope value this build does not know never widens access (security review L2): an ALLOW
+/// with it matches nothing wherever it might apply, a DENY applies everywhere.
+#[test]
+fn an_unknown_scope_never_widens_access() {
+    let allow_all = || vec![Rule::default()];
+    let unknown = |action: Action| Authorization {
+        scope: 99,
+        ..policy("other", "future", Scope::Global, action, allow_all())
+    };
+    // A workload with an ALLOW that does not match this connection (port 9000 only).
+    let port_9000 = vec![rule(vec![vec![Match {
+        destination_ports: vec![9000],
+        ..Match::default()
+    }]])];
+    let w = workload("a", &["a/narrow"]);
+    let mut index = PolicyIndex::new();
+    index.insert(
+        &policy(
+            "a",
+            "narrow",
+            Scope::WorkloadSelector,
+            Action::Allow,
+            port_9000,
+        ),
+        false,
+    );
+    index.insert(&unknown(Action::Allow), false);
+    let decision = index.decide(&w, &conn(None, 80));
+    assert!(
+        !decision.allowed,
+        "an unknown-scope ALLOW let it in: {decision}"
+    );
+    let compiled = index.get("other/future").unwrap();
+    assert!(
+        compiled
+            .warnings()
+            .iter()
+            .any(|w| w.contains("matching nothing")),
+        "{:?}",
+        compiled.warnings()
+    );
+
+    // An unknown-scope DENY of everything denies a workload of any namespace.
+    let mut index = PolicyIndex::new();
+    index.insert(&unknown(Action::Deny), false);
+    assert!(!index.decide(&workload("b", &[]), &conn(None, 80)).allowed);
+}
+
 #[test]
 fn scopes_select_workloads() {
     let deny_all = || vec![Rule::default()];

@@ -272,6 +272,21 @@ rules:
         case("selector narrows: the selected workload is affected",
             &[ap("foo", "nothing-for-httpbin", "selector: {matchLabels: {app: httpbin, version: v1}}")],
             Pod("foo/sleep"), "foo/httpbin", 8000, false),
+        // A selector key other than matchLabels could only have narrowed what it selects: an ALLOW
+        // with one must not let in what another ALLOW of the workload does not (review L3).
+        case("selector with an unsupported key in ALLOW never widens access",
+            &[ap("foo", "from-bar", "selector: {matchLabels: {app: httpbin}}\nrules: [{from: [{source: {namespaces: [bar]}}]}]"),
+              ap("foo", "expr", "selector: {matchExpressions: [{key: app, operator: In, values: [db]}]}\nrules: [{from: [{source: {namespaces: [foo]}}]}]")],
+            Pod("foo/sleep"), "foo/httpbin", 8000, false).issue("matches nothing"),
+        case("selector with an unsupported key in DENY still denies, more widely",
+            &[ap("foo", "expr", "selector: {matchExpressions: [{key: app, operator: In, values: [db]}]}\naction: DENY\nrules: [{from: [{source: {namespaces: [bar]}}]}]")],
+            Pod("bar/sleep"), "foo/httpbin", 8000, false).by("foo/expr"),
+        case("PERMISSIVE with an unsupported selector key is not used: STRICT stays",
+            &[strict_mesh.clone(), pa("foo", "expr", "selector: {matchExpressions: [{key: app, operator: In, values: [db]}]}\nmtls: {mode: PERMISSIVE}")],
+            Plain("192.168.5.5"), "foo/httpbin", 8000, false).issue("not used"),
+        case("STRICT with an unsupported selector key applies to what matchLabels selects",
+            &[pa("foo", "expr", "selector: {matchLabels: {app: httpbin}, matchExpressions: [{key: version, operator: In, values: [v2]}]}\nmtls: {mode: STRICT}\nportLevelMtls: {'8080': {mode: PERMISSIVE}}")],
+            Plain("192.168.5.5"), "foo/httpbin", 8080, false).issue("without port exceptions"),
         // --- what an L4 proxy cannot enforce ---
         case("L7 field in ALLOW: the rule matches nothing",
             &[ap("foo", "get-only", "rules: [{to: [{operation: {methods: [GET]}}]}]")],

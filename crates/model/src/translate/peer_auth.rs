@@ -30,6 +30,9 @@
 //!   workload under a STRICT mesh, and drops a PERMISSIVE port under an UNSET namespace policy
 //!   with a STRICT mesh, in both cases listing a policy it never serves.
 //! - A mode that is not one of Istio's is treated as STRICT (fail closed).
+//! - A selector key other than `matchLabels` (Istio has none) could only have narrowed the
+//!   selection: a STRICT policy with one applies to what `matchLabels` selects without port
+//!   exceptions, any other is not used, so plaintext is never accepted more widely.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +82,7 @@ impl<'a> PeerAuthentications<'a> {
         let mut peers: Vec<Peer<'a>> = state
             .peer_authentications
             .iter()
-            .map(|((ns, name), pa)| {
+            .filter_map(|((ns, name), pa)| {
                 let mut report = |message: String| issues.push((ns.clone(), name.clone(), message));
                 peer(ns, name, pa, &mut report)
             })
@@ -285,20 +288,20 @@ fn peer<'a>(
     name: &'a str,
     pa: &'a PeerAuthentication,
     report: &mut dyn FnMut(String),
-) -> Peer<'a> {
+) -> Option<Peer<'a>> {
     let spec = &pa.spec;
     for key in spec.unknown.keys() {
         report(format!("`spec.{key}` is not a field Ambit knows; ignored"));
     }
-    let selector = spec.selector.as_ref().and_then(|s| {
-        for key in s.unknown.keys() {
-            report(format!(
-                "`spec.selector.{key}` is not supported; the policy applies to every workload \
-                 `matchLabels` selects"
-            ));
-        }
-        Some(&s.match_labels).filter(|l| !l.is_empty())
-    });
+    let unreadable_selector: Vec<&String> = spec
+        .selector
+        .as_ref()
+        .map(|s| s.unknown.keys().collect())
+        .unwrap_or_default();
+    let selector = spec
+        .selector
+        .as_ref()
+        .and_then(|s| Some(&s.match_labels).filter(|l| !l.is_empty()));
     let mut mode = spec
         .mtls
         .as_ref()
@@ -322,6 +325,23 @@ fn peer<'a>(
             )),
         }
     }
+    if !unreadable_selector.is_empty() {
+        // The unread part could only have narrowed the selection. STRICT applied more widely
+        // asks for more; anything else would accept plaintext where it was not meant to.
+        for key in unreadable_selector {
+            let effect = if mode == Mode::Strict {
+                "the policy applies as STRICT, without port exceptions, to every workload \
+                 `matchLabels` selects"
+            } else {
+                "since the policy is not STRICT it is not used (fail closed)"
+            };
+            report(format!("`spec.selector.{key}` is not supported; {effect}"));
+        }
+        if mode != Mode::Strict {
+            return None;
+        }
+        ports.clear();
+    }
     if selector.is_none() && !ports.is_empty() {
         report(
             "portLevelMtls needs a workload selector (as in Istio); the port settings are ignored"
@@ -329,14 +349,14 @@ fn peer<'a>(
         );
         ports.clear();
     }
-    Peer {
+    Some(Peer {
         namespace,
         name,
         created: pa.metadata.creation_timestamp.as_ref(),
         selector,
         mode,
         ports,
-    }
+    })
 }
 
 /// The mode of `mtls` (at path `at` in the spec), reported where Ambit does not honour it.

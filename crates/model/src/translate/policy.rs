@@ -24,7 +24,9 @@
 //! - istiod does not serve CUSTOM policies at all. Ambit cannot call an external authorizer, so
 //!   it serves a CUSTOM policy as DENY on its L4 parts: nothing the policy would have sent to the
 //!   authorizer gets through. An action it does not know denies everything in its scope.
-//! - `selector: {}` (no labels) is namespace-wide, as Istio's API reference defines it.
+//! - `selector: {}` (no labels) is namespace-wide, as Istio's API reference defines it. A
+//!   selector key other than `matchLabels` (Istio has no other) widens the selection to what
+//!   `matchLabels` selects; an ALLOW policy with one matches nothing, so it never widens access.
 //! - Dry-run policies are translated and kept, but not served (see
 //!   [`MeshSnapshot::dry_run_authorizations`](super::MeshSnapshot::dry_run_authorizations)).
 
@@ -143,12 +145,22 @@ pub(super) fn convert(root_namespace: &str, policy: &AuthorizationPolicy) -> Con
     }
     out.dry_run = dry_run(&policy.metadata, &mut out.issues);
 
+    // A selector part Ambit cannot read could only have narrowed the selection: the policy is
+    // applied to every workload `matchLabels` selects (or the whole scope without labels). A
+    // DENY applied more widely denies more; an ALLOW would let more in on the workloads it did
+    // not mean, so it matches nothing instead.
+    let mut unreadable_selector = false;
     let labels = spec.selector.as_ref().and_then(|selector| {
         for key in selector.unknown.keys() {
-            out.issues.push(format!(
-                "`spec.selector.{key}` is not supported; the policy applies to every workload \
-                 `matchLabels` selects"
-            ));
+            unreadable_selector = true;
+            let effect = if intent == Intent::Allow {
+                "the ALLOW policy matches nothing (fail closed) on every workload `matchLabels` \
+                 selects"
+            } else {
+                "the policy applies to every workload `matchLabels` selects"
+            };
+            out.issues
+                .push(format!("`spec.selector.{key}` is not supported; {effect}"));
         }
         Some(selector.match_labels.clone()).filter(|l| !l.is_empty())
     });
@@ -164,6 +176,8 @@ pub(super) fn convert(root_namespace: &str, policy: &AuthorizationPolicy) -> Con
     let rules = match intent {
         // One rule without clauses matches every connection.
         Intent::Unknown => vec![Rule::default()],
+        // A policy without rules matches nothing.
+        Intent::Allow if unreadable_selector => Vec::new(),
         _ => spec
             .rules
             .iter()
