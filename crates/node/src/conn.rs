@@ -14,8 +14,7 @@ use crate::telemetry::{ConnectionInfo, Direction, PeerInfo, SecurityPolicy, Serv
 pub struct ConnInfo {
     /// The peer's verified SPIFFE id; `None` for plaintext from outside the mesh.
     pub src_identity: Option<SpiffeId>,
-    /// The original source address: on HBONE, as claimed in `Forwarded` by the authenticated
-    /// peer proxy (as ztunnel trusts it); otherwise the TCP peer.
+    /// The source address as the kernel saw it: the TCP peer (never a header's claim).
     pub src_ip: IpAddr,
     /// The destination address and port the connection asked for.
     pub dst: SocketAddr,

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -75,7 +75,26 @@ pub(crate) async fn connect(
     dst: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
+    connect_from(factory, None, dst, timeout).await
+}
+
+/// [`connect`] from source address `local` (any port) when it is an address of the factory's
+/// namespace; from the address routing chooses when it is not (or `None`).
+pub(crate) async fn connect_from(
+    factory: &dyn SocketFactory,
+    local: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let socket = factory.connect_socket(dst)?;
+    if let Some(ip) = local.filter(|ip| ip.is_ipv4() == dst.is_ipv4())
+        && let Err(e) = socket.bind(SocketAddr::new(ip, 0))
+    {
+        if e.kind() != io::ErrorKind::AddrNotAvailable {
+            return Err(e);
+        }
+        tracing::debug!(%ip, %dst, "source address is not local; connecting from the routed one");
+    }
     match tokio::time::timeout(timeout, socket.connect(dst)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(

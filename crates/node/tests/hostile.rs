@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ambit_identity::tls;
 use ambit_node::NodeProxy;
-use ambit_testkit::LoopbackAddrs;
+use ambit_testkit::{LoopbackAddrs, eventually};
 use bytes::Bytes;
 use common::{Mesh, Pod, echo, id, socks_connect, wait_hbone};
 use h2::client::SendRequest;
@@ -296,6 +296,155 @@ async fn unredirected_connections_to_the_capture_ports_are_refused() {
         assert!(matches!(read, Ok(Ok(0) | Err(_))), "{addr}: {read:?}");
     }
     assert_eq!(s.b.open_connections(), 0);
+}
+
+/// A meshed client holding a genuine certificate forges `Forwarded: for=`: policy judges it by
+/// the TCP peer address the kernel saw, never by the header (security review H1). Against an
+/// ipBlocks ALLOW (only the scraper's address) and an ipBlocks DENY (the intruder's address).
+#[tokio::test]
+async fn a_forged_forwarded_header_is_judged_by_the_real_address() {
+    let addrs = LoopbackAddrs::new();
+    let (scraper, intruder) = (addrs.next_addr(), addrs.next_addr());
+    let (allow_ip, deny_ip) = (addrs.next_addr(), addrs.next_addr());
+    let mut manifests = [
+        common::namespace("client", true),
+        common::namespace("server", true),
+    ]
+    .concat();
+    for (name, namespace, node, ip) in [
+        ("scraper", "client", "node-a", scraper),
+        ("allow-scraper-ip", "server", "node-b", allow_ip),
+        ("deny-intruder-ip", "server", "node-b", deny_ip),
+    ] {
+        manifests.push_str(&common::pod(&Pod {
+            name,
+            namespace,
+            service_account: name,
+            node,
+            ip,
+        }));
+    }
+    let policy = |name: &str, action: &str, source: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: {name}, namespace: server}}\nspec:\n  \
+             selector: {{matchLabels: {{app: {name}}}}}\n  action: {action}\n  \
+             rules: [{{from: [{{source: {{ipBlocks: ['{source}/32']}}}}]}}]\n"
+        )
+    };
+    manifests.push_str(&policy("allow-scraper-ip", "ALLOW", &scraper.to_string()));
+    manifests.push_str(&policy("deny-intruder-ip", "DENY", &intruder.to_string()));
+    let mesh = Mesh::start(addrs, &manifests, &["node-a", "node-b"]).await;
+    let _apps = [
+        echo((allow_ip, 8080).into()).await,
+        echo((deny_ip, 8080).into()).await,
+    ];
+    let a = mesh.node(mesh.node_config("node-a")).await;
+    let b = mesh.node(mesh.node_config("node-b")).await;
+    wait_hbone(&b, allow_ip, 15008).await;
+    wait_hbone(&b, deny_ip, 15008).await;
+    eventually!(observe = b.state().policies().len(), |n| n >= 2);
+
+    // The genuine scraper, through its node proxy, is allowed by the ipBlocks ALLOW: its tunnel
+    // leaves from its own address.
+    let socks = a.addrs().socks5.unwrap();
+    let stream = socks_connect(socks, scraper.into(), (allow_ip, 8080).into())
+        .await
+        .unwrap();
+    assert_eq!(common::echo_roundtrip(stream, b"genuine").await, b"genuine");
+
+    // The intruder holds the scraper's certificate but connects from its own address.
+    let cert = mesh
+        .ca_manager("node-a")
+        .fetch(&id("client", "scraper"))
+        .await
+        .unwrap();
+    let roots = mesh.control.ca().roots().to_vec();
+    let forge = |claimed: Ipv4Addr| format!("for=\"{claimed}:40000\"");
+    let connect = async |from: Ipv4Addr, to: Ipv4Addr, forwarded: String| {
+        let server = id(
+            "server",
+            if to == allow_ip {
+                "allow-scraper-ip"
+            } else {
+                "deny-intruder-ip"
+            },
+        );
+        let config = tls::client_config(&cert, &roots, vec![server]).unwrap();
+        let mut sender = h2_from(from, to, config).await;
+        connect_status(&mut sender, &format!("{to}:8080"), &forwarded).await
+    };
+    // Claiming the allowed address does not satisfy the ALLOW.
+    assert_eq!(
+        connect(intruder, allow_ip, forge(scraper)).await,
+        StatusCode::FORBIDDEN
+    );
+    // Claiming another address does not escape the DENY.
+    assert_eq!(
+        connect(intruder, deny_ip, forge(scraper)).await,
+        StatusCode::FORBIDDEN
+    );
+    // And a claim of a denied address does not deny a client connecting from elsewhere.
+    assert_eq!(
+        connect(scraper, deny_ip, forge(intruder)).await,
+        StatusCode::OK
+    );
+    // The refusals are logged and counted with the real source.
+    let denied = common::metric(
+        &b.telemetry().metrics().render(),
+        "istio_tcp_connections_closed_total",
+        &[("response_flags", "DENY")],
+    );
+    assert_eq!(denied, 2);
+}
+
+/// A tunnel to one of the proxy's own ports on the workload's address (nested HBONE, ztunnel's
+/// `illegal_ports`) is refused before anything is dialed (security review L1).
+#[tokio::test]
+async fn a_tunnel_to_the_proxys_own_ports_is_refused() {
+    let s = setup().await;
+    let mut sender = s.h2().await;
+    let (status, _, _) = request(&mut sender, Method::CONNECT, &format!("{}:15008", s.echo)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    for port in [15000, 15001, 15006, 15020, 15021] {
+        let (status, _, _) =
+            request(&mut sender, Method::CONNECT, &format!("{}:{port}", s.echo)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "port {port}");
+    }
+    // The connection is still good for the application, and nothing nested was opened.
+    tunnel_echoes(&mut sender, s.echo).await;
+    assert_eq!(s.b.open_connections(), 0);
+}
+
+/// An HTTP/2 connection to `to`:15008 from source address `from`, with `config`.
+async fn h2_from(from: Ipv4Addr, to: Ipv4Addr, config: Arc<ClientConfig>) -> SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let tcp = socket.connect((to, 15008).into()).await.unwrap();
+    let name = ServerName::IpAddress(IpAddr::from(to).into());
+    let tls = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (sender, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// The status of a CONNECT to `authority` carrying `Forwarded: <forwarded>`.
+async fn connect_status(
+    sender: &mut SendRequest<Bytes>,
+    authority: &str,
+    forwarded: &str,
+) -> StatusCode {
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority)
+        .header(http::header::FORWARDED, forwarded)
+        .body(())
+        .unwrap();
+    std::future::poll_fn(|cx| sender.poll_ready(cx))
+        .await
+        .unwrap();
+    let (response, _send) = sender.send_request(req, false).unwrap();
+    response.await.unwrap().status()
 }
 
 /// Accepts any server certificate: the test is about the server's side.

@@ -10,7 +10,7 @@
 mod common;
 mod netns_pods;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
@@ -24,11 +24,18 @@ use ambit_node::config::{
 use ambit_node::inpod::{InPodStatus, PodState};
 use ambit_testkit::eventually;
 use common::metric;
-use netns_pods::{A_IP, Agent, AgentConn, B_IP, MARK, connect_from, echo_app, roundtrip, two_pods};
+use netns_pods::{
+    A_IP, Agent, AgentConn, B_IP, MARK, connect_bound, connect_from, echo_app, echo_over,
+    roundtrip, two_pods,
+};
 use tempfile::TempDir;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
+const NEIGHBOUR_ID: &str = "spiffe://cluster.local/ns/demo/sa/neighbour";
+/// A workload on the node that no namespace of the test serves: the address a hostile pod
+/// borrows.
+const NEIGHBOUR_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 
 /// A node proxy in in-pod mode for both pods (local config, local CA), with no shared
 /// listeners, connecting to ZDS at `zds`.
@@ -40,7 +47,8 @@ async fn start_proxy(dir: &Path, zds: &Path) -> NodeProxy {
         format!(
             "workloads:\n\
              - {{name: client, namespace: demo, serviceAccount: client, workloadIps: [{A_IP}], protocol: HBONE, node: node-a}}\n\
-             - {{name: server, namespace: demo, serviceAccount: server, workloadIps: [{B_IP}], protocol: HBONE, node: node-a}}\n"
+             - {{name: server, namespace: demo, serviceAccount: server, workloadIps: [{B_IP}], protocol: HBONE, node: node-a}}\n\
+             - {{name: neighbour, namespace: demo, serviceAccount: neighbour, workloadIps: [{NEIGHBOUR_IP}], protocol: HBONE, node: node-a}}\n"
         ),
     )
     .unwrap();
@@ -107,6 +115,20 @@ fn names(proxy: &NodeProxy) -> Vec<String> {
         .into_iter()
         .map(|p| p.info.name)
         .collect()
+}
+
+/// Samples of `name` for a connection from `source` to the server pod as `reporter` saw it.
+fn mtls_count_from(proxy: &NodeProxy, name: &str, reporter: &str, source: &str) -> u64 {
+    metric(
+        &proxy.telemetry().metrics().render(),
+        name,
+        &[
+            ("reporter", reporter),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", source),
+            ("destination_principal", SERVER_ID),
+        ],
+    )
 }
 
 /// Samples of `name` for a connection between the two pods as `reporter` saw it.
@@ -208,6 +230,42 @@ async fn a_pod_reaches_another_over_hbone_from_inside_their_namespaces() {
     assert_eq!(server_dump["state"], "serving");
     assert_eq!(dump["listeners"]["hbone"].as_array().unwrap().len(), 0);
     proxy.shutdown().await;
+}
+
+/// A pod that adds a neighbour's address to its interface and connects from it speaks only as
+/// itself: the identity comes from the namespace the capture agent handed over, never from the
+/// source address (security review H2).
+#[tokio::test]
+async fn a_pod_borrowing_a_neighbours_address_speaks_only_as_itself() {
+    let (a, b, inpod) = InPod::with_two_pods().await;
+    let proxy = &inpod.proxy;
+    let _app = echo_app(&b, 8080);
+    netns_pods::ip(&a, &format!("addr add {NEIGHBOUR_IP}/32 dev eth0"));
+    let stream = connect_bound(&a, NEIGHBOUR_IP, (B_IP, 8080).into())
+        .await
+        .unwrap();
+    assert_eq!(echo_over(stream, b"borrowed").await.unwrap(), b"borrowed");
+    for reporter in ["source", "destination"] {
+        eventually!(
+            observe = mtls_count_from(
+                proxy,
+                "istio_tcp_connections_closed_total",
+                reporter,
+                CLIENT_ID
+            ),
+            |n| n == 1
+        );
+        assert_eq!(
+            mtls_count_from(
+                proxy,
+                "istio_tcp_connections_opened_total",
+                reporter,
+                NEIGHBOUR_ID
+            ),
+            0,
+            "{reporter}: the neighbour's identity was used"
+        );
+    }
 }
 
 #[tokio::test]

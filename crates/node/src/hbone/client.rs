@@ -6,7 +6,7 @@
 //! that; this module refuses to go on without ALPN `h2` either).
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,16 +36,26 @@ pub(crate) struct ConnectRequest {
     pub(crate) baggage: Option<http::HeaderValue>,
 }
 
-/// Opens a connection to `addr`, presenting and verifying what `tls` says.
+/// Where one HBONE connection goes and leaves from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dial {
+    /// The peer's HBONE address.
+    pub(crate) addr: SocketAddr,
+    /// The source address to leave from, if the namespace has it (see [`socket::connect_from`]).
+    pub(crate) local: Option<IpAddr>,
+}
+
+/// Opens a connection to `dial.addr`, presenting and verifying what `tls` says.
 pub(crate) async fn connect(
     factory: &dyn SocketFactory,
-    addr: SocketAddr,
+    dial: Dial,
     tls: Arc<ClientConfig>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
     max_streams: usize,
 ) -> Result<Connected, HboneError> {
-    let tcp = socket::connect(factory, addr, connect_timeout)
+    let addr = dial.addr;
+    let tcp = socket::connect_from(factory, dial.local, addr, connect_timeout)
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
     let name = ServerName::IpAddress(addr.ip().into());

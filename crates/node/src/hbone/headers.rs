@@ -1,7 +1,10 @@
 //! The metadata headers of an HBONE CONNECT, in ztunnel's formats.
 //!
 //! - `Forwarded: for="<src ip:port>"` (`;host=<service hostname>` when a service was addressed):
-//!   who the tunnel is for, since the tunnel's own TCP source is the proxy.
+//!   who the tunnel is for, and which service was asked for. The receiving side never
+//!   authorizes with either: `for=` is what a client wrote (policy takes the TCP peer the kernel
+//!   saw), and `host=` only chooses, among the services the destination workload really backs,
+//!   which one telemetry names (as ztunnel's `parse_forwarded_host`).
 //! - `Baggage: k8s.cluster.name=…,k8s.namespace.name=…,k8s.<type>.name=…,service.name=…,
 //!   service.version=…`: the source workload, for the destination's telemetry.
 //! - `Traceparent: 00-<32 hex>-<16 hex>-00` (W3C trace context), fresh random ids.
@@ -46,6 +49,23 @@ pub(crate) fn forwarded_for(value: &HeaderValue) -> Option<SocketAddr> {
                 .ok()
                 .map(|ip| SocketAddr::new(ip, 0))
         })
+    })
+}
+
+/// The `host=` of a `Forwarded` value (ztunnel reads the first element's), if non-empty ASCII;
+/// quotes around it are dropped.
+pub(crate) fn forwarded_host(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let element = text.split(',').next()?;
+    element.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        if !key.eq_ignore_ascii_case("host") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value.strip_prefix('"').unwrap_or(value);
+        let value = value.strip_suffix('"').unwrap_or(value);
+        (!value.is_empty()).then_some(value)
     })
 }
 
@@ -124,6 +144,28 @@ mod tests {
             forwarded_for(&HeaderValue::from_static("for=unknown")),
             None
         );
+    }
+
+    #[test]
+    fn forwarded_host_is_read_as_ztunnel_reads_it() {
+        let src: SocketAddr = "10.0.0.1:4242".parse().unwrap();
+        let value = forwarded(src, Some("echo.demo.svc.cluster.local")).unwrap();
+        assert_eq!(forwarded_host(&value), Some("echo.demo.svc.cluster.local"));
+        assert_eq!(forwarded_host(&forwarded(src, None).unwrap()), None);
+        let cases = [
+            ("host=\"a.b\";for=1.2.3.4", Some("a.b")),
+            ("for=1.2.3.4; HOST=a.b", Some("a.b")),
+            ("host=", None),
+            ("host=\"\"", None),
+            ("for=1.2.3.4, host=second.hop", None),
+        ];
+        for (text, want) in cases {
+            let value = HeaderValue::from_str(text).unwrap();
+            assert_eq!(forwarded_host(&value), want, "{text}");
+        }
+        // Not text: nothing.
+        let bytes = HeaderValue::from_bytes(b"host=\xff").unwrap();
+        assert_eq!(forwarded_host(&bytes), None);
     }
 
     #[test]

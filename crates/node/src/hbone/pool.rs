@@ -1,7 +1,7 @@
 //! The outbound HBONE connection pool.
 //!
 //! Connections are keyed by (source identity, expected destination identities, destination
-//! address, source network namespace): a tunnel only ever rides a connection whose TLS
+//! address, source network namespace, source address): a tunnel only ever rides a connection whose TLS
 //! handshake proved exactly what this tunnel needs, dialed from the namespace the tunnel's
 //! connection came from (in in-pod mode, the source pod's: two pods with one service account
 //! never share a connection, and a pod's connections leave the pool with it). One connection carries up to `max_streams` concurrent tunnels; beyond that a
@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
@@ -43,6 +43,8 @@ pub(crate) struct PoolKey {
     /// The inode of the pod network namespace the connection was dialed from; `None` for the
     /// proxy's own.
     pub(crate) netns: Option<u64>,
+    /// The source address it was dialed from, when one was chosen (shared mode).
+    pub(crate) local: Option<IpAddr>,
 }
 
 /// Shared HBONE connections. Cheap to clone.

@@ -5,11 +5,16 @@
 //! - Never forwards a byte before the peer's identity is verified: the TLS handshake requires
 //!   a client certificate chaining to the mesh roots with a SPIFFE id in a trusted trust domain,
 //!   and the stream is authorized with that identity before the application is dialed.
+//! - Policy sees what the kernel and the handshake saw: the TCP peer address and the verified
+//!   SPIFFE id. `Forwarded` is what the client wrote: its `for=` is only logged (at debug), its
+//!   `host=` only chooses which of the services the workload backs telemetry names.
 //! - A tunnel reaches only the workload that owns the address the connection arrived on, and
-//!   only at an address of that workload (`:authority`); anything else is a 400.
+//!   only at an address of that workload (`:authority`); anything else is a 400. A port of the
+//!   proxy's own in that namespace (15001, 15006, 15008, …: [`Scope::is_reserved_port`]) is a
+//!   503, as ztunnel refuses its `illegal_ports`.
 //! - The application is dialed from the namespace the connection arrived in: the proxy's own
 //!   address in shared mode (no transparent source spoofing), the pod's own address in in-pod
-//!   mode; the original source travels in `Forwarded` and the access log.
+//!   mode.
 //! - A hostile peer costs bounded time and memory: handshakes time out, a connection without
 //!   streams idles out, HTTP/2 limits bound streams, headers and buffers (see
 //!   [`crate::hbone`]), and one connection's failure never touches another.
@@ -29,10 +34,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info};
+use crate::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info, service_info};
 use crate::copy::{self, Transferred};
 use crate::drain::Kind;
-use crate::hbone::headers::forwarded_for;
+use crate::hbone::headers::{forwarded_for, forwarded_host};
 use crate::hbone::server_builder;
 use crate::hbone::stream::H2Stream;
 use crate::proxy::authorize::authorize;
@@ -55,7 +60,8 @@ pub(crate) async fn serve(
     };
     // Boxed: the handshakes' state is needed only until the connection is up, and inline it
     // would stay part of this future for the connection's life.
-    let (workload, peer_id, mut conn) = match Box::pin(establish(&inputs, tcp, local)).await {
+    let (workload, peer_id, mut conn) = match Box::pin(establish(&inputs, &scope, tcp, local)).await
+    {
         Ok(established) => established,
         Err(reason) => {
             let info = bare_info(Direction::Inbound, peer, local);
@@ -118,17 +124,18 @@ pub(crate) async fn serve(
     }
 }
 
-/// The TLS (as the workload owning `local`) and HTTP/2 handshakes of a connection to
+/// The TLS (as the workload the scope serves at `local`) and HTTP/2 handshakes of a connection to
 /// `local`: the workload, the client's verified identity and the connection, or why it was
 /// refused.
 async fn establish(
     inputs: &Inputs,
+    scope: &Scope,
     tcp: TcpStream,
     local: SocketAddr,
 ) -> Result<Established, String> {
-    let Some(workload) = inputs
-        .state
-        .local_workload_by_ip(local.ip())
+    let Some(workload) = scope
+        .destination_workload(&inputs.state, local.ip())
+        .await
         .filter(|w| w.protocol == Protocol::Hbone)
     else {
         return Err(format!("no local HBONE workload at {}", local.ip()));
@@ -184,11 +191,12 @@ impl Stream {
     async fn serve(self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let inputs = &self.inputs;
         let _counted = inputs.state.connections().open(Kind::Inbound);
-        let src_addr = request
-            .headers()
-            .get(http::header::FORWARDED)
-            .and_then(forwarded_for)
-            .unwrap_or(self.peer);
+        // The kernel's word for where the tunnel comes from; `Forwarded` is the client's.
+        let src_addr = self.peer;
+        let forwarded = request.headers().get(http::header::FORWARDED);
+        if let Some(claimed) = forwarded.and_then(forwarded_for) {
+            debug!(peer = %self.peer, %claimed, "Forwarded names a source; policy uses the TCP peer");
+        }
         let mut info = ConnectionInfo {
             direction: Direction::Inbound,
             src_addr,
@@ -207,6 +215,11 @@ impl Stream {
             }
         };
         info.dst_addr = target;
+        let host = forwarded.and_then(forwarded_host);
+        let service = inputs
+            .state
+            .inbound_service(&self.workload, host, target.port());
+        info.dst_service = service.as_deref().map(service_info);
         let conn = ConnInfo {
             src_identity: Some(self.peer_id.clone()),
             src_ip: src_addr.ip(),
@@ -268,6 +281,15 @@ impl Stream {
                 format!(
                     "CONNECT to {target}, which is not an address of local workload {}",
                     self.workload.uid
+                ),
+            ));
+        }
+        if self.scope.is_reserved_port(target.port()) {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "CONNECT to {target}: port {} is the proxy's own",
+                    target.port()
                 ),
             ));
         }

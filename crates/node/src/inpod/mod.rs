@@ -26,7 +26,8 @@ mod socket;
 mod zds;
 
 pub(crate) use self::pods::InPod;
-pub use self::pods::{InPodStatus, PodError, PodInfo, PodState};
+pub use self::pods::{InPodStatus, PodError, PodState};
 pub use self::socket::NetnsSocketFactory;
 pub use self::zds::RequestError;
 pub(crate) use self::zds::spawn;
+pub use crate::state::PodInfo;

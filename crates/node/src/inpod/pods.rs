@@ -30,6 +30,7 @@ use crate::proxy::inputs::Inputs;
 use crate::proxy::listeners::{Listeners, accept_loop};
 use crate::scope::Scope;
 use crate::socket::SocketFactory;
+use crate::state::PodInfo;
 
 /// Why a pod's listeners could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +45,6 @@ pub enum PodError {
     },
     #[error("no such pod is served")]
     UnknownUid,
-}
-
-/// The pod as the capture agent names it (ZDS `WorkloadInfo`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodInfo {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
 }
 
 /// Whether the pod was confirmed by the capture agent since the ZDS connection began.
@@ -260,7 +252,15 @@ impl Pod {
         };
         // HBONE arrives direct and is never a loop; the other two are.
         let own = vec![addrs.outbound, addrs.inbound_passthrough];
-        let scope = Arc::new(Scope::pod(Arc::new(factory), netns.inode(), own));
+        let socks5 = inputs.config.listeners.socks5.map(|a| a.port());
+        let scope = Arc::new(Scope::pod(
+            Arc::new(factory),
+            netns.inode(),
+            info.clone(),
+            own,
+            inputs.config.listeners.hbone_port,
+            socks5,
+        ));
         let drain = inputs.drain.child();
         Listeners::from_bound(Some(outbound.0), Some(passthrough.0), None)
             .serve(inputs, &scope, &drain);

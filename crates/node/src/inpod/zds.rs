@@ -36,10 +36,11 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::pods::{Added, InPod, PodError, PodInfo};
+use super::pods::{Added, InPod, PodError};
 use crate::config::InPodConfig;
 use crate::conn::error_chain;
 use crate::proxy::inputs::Inputs;
+use crate::state::PodInfo;
 
 /// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

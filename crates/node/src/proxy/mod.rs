@@ -110,7 +110,11 @@ impl NodeProxy {
             ),
             telemetry: config.telemetry.clone(),
             state,
-            shared: Arc::new(Scope::shared(factory, addrs.all())),
+            shared: Arc::new(Scope::shared(
+                factory,
+                addrs.all(),
+                config.listeners.hbone_port,
+            )),
             xds,
             drain,
             config,

@@ -1,8 +1,9 @@
 //! The outbound path: a local workload's connection to wherever it was going.
 //!
-//! 1. The source is the local workload owning the connection's source address; anything else
-//!    is refused (shared mode identifies workloads by address; an unknown source has no
-//!    identity to speak with).
+//! 1. The source is the pod whose namespace the connection came from (in-pod mode, as the
+//!    capture agent named it over ZDS; its source address is never consulted), or in shared
+//!    mode the local workload owning the connection's source address. Without one the
+//!    connection is refused: an unknown source has no identity to speak with.
 //! 2. The original destination is resolved: a workload address, a service VIP (one healthy
 //!    endpoint, service port mapped to its target port), or unknown (after a short on-demand
 //!    WDS lookup).
@@ -180,9 +181,9 @@ async fn prepare(
     if scope.is_own(dst) {
         return Err(OutboundError::Loop(dst));
     }
-    let source = inputs
-        .state
-        .local_workload_by_ip(src.ip())
+    let source = scope
+        .source_workload(&inputs.state, src.ip())
+        .await
         .ok_or(OutboundError::UnknownSource(src.ip()))?;
     let mut info = bare_info(Direction::Outbound, src, dst);
     info.src = peer_info(&source);
@@ -287,11 +288,16 @@ async fn connect(
                 .fetch(&source.identity)
                 .await
                 .map_err(|e| failed(e.into()))?;
+            // Shared mode: the tunnel leaves from the source's own address (the client
+            // connected from it, so this namespace has it), and the destination authorizes the
+            // address the kernel saw. In a pod's namespace routing gives the pod's address.
+            let local = scope.netns.is_none().then_some(src.ip());
             let key = PoolKey {
                 src: source.identity.clone(),
                 dst: expected.clone(),
                 addr: *hbone,
                 netns: scope.netns,
+                local,
             };
             let request = ConnectRequest {
                 target: *target,
@@ -301,9 +307,13 @@ async fn connect(
             let dial = || async {
                 let tls = certs.client_config(&cert, expected.clone())?;
                 let pool = &inputs.config.pool;
+                let dial = client::Dial {
+                    addr: *hbone,
+                    local,
+                };
                 client::connect(
                     scope.factory.as_ref(),
-                    *hbone,
+                    dial,
                     tls,
                     timeouts.connect,
                     timeouts.handshake,

@@ -37,7 +37,7 @@ pub(crate) async fn serve(
         let reason = "not redirected: the connection has no original destination";
         return inputs.telemetry.log_refused(&info, reason);
     }
-    let Some(workload) = inputs.state.local_workload_by_ip(dst.ip()) else {
+    let Some(workload) = scope.destination_workload(&inputs.state, dst.ip()).await else {
         let reason = format!("{} is not a workload on this node", dst.ip());
         return inputs.telemetry.log_refused(&info, reason);
     };

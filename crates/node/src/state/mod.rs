@@ -12,6 +12,7 @@
 
 pub mod handler;
 mod mesh;
+mod pod;
 pub mod proxy_state;
 mod snapshot;
 #[cfg(test)]
@@ -21,5 +22,6 @@ mod upstream;
 pub use ambit_xds::wds::{DecodeError, PortMapping, Protocol, Service, Workload};
 
 pub use self::mesh::MeshState;
+pub use self::pod::PodInfo;
 pub use self::proxy_state::{NodeInfo, ProxyState};
 pub use self::upstream::{ResolveError, Upstream};

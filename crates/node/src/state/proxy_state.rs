@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use ambit_identity::TrustDomain;
 use ambit_proto::security::Authorization;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use ambit_xds::wds::Workload;
 
 use super::mesh::MeshState;
+use super::pod::PodInfo;
 use crate::certs::Certificates;
 use crate::drain::ConnectionCounts;
 
@@ -106,6 +108,44 @@ impl ProxyState {
     pub fn local_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         self.workload_by_ip(ip)
             .filter(|w| w.is_on(&self.inner.node.node_name))
+    }
+
+    /// The workload of a pod handed over ZDS: the one on this node with the pod's name,
+    /// namespace and service account (ztunnel's `find_by_info`). Never looked up by address.
+    pub fn pod_workload(&self, pod: &PodInfo) -> Option<Arc<Workload>> {
+        if pod.name.is_empty() {
+            // The capture agent sent no WorkloadInfo: nothing to speak for.
+            return None;
+        }
+        let node = &self.inner.node.node_name;
+        self.read(|m| {
+            m.workloads_on(node).into_iter().find(|w| {
+                w.name == pod.name
+                    && w.namespace == pod.namespace
+                    && w.identity.service_account() == pod.service_account
+            })
+        })
+    }
+
+    /// [`Self::pod_workload`], waiting up to `deadline` for WDS to send it: the capture agent
+    /// may hand a pod over before the control plane has served it (ztunnel waits the same way,
+    /// 5 s by default, rather than refuse at once).
+    pub async fn wait_for_pod(&self, pod: &PodInfo, deadline: Duration) -> Option<Arc<Workload>> {
+        if pod.name.is_empty() {
+            return None;
+        }
+        // Subscribed before looking, so a change between the two is not missed.
+        let mut changes = self.subscribe();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(w) = self.pod_workload(pod) {
+                return Some(w);
+            }
+            match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
     }
 
     /// Every workload running on this node.

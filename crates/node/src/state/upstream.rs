@@ -3,6 +3,11 @@
 //! A destination is a workload address (sent to that workload), a service VIP (sent to one
 //! healthy endpoint that maps the port), or unknown (sent to the address as is, unencrypted,
 //! as Istio does). Endpoints are picked round-robin among the healthy ones.
+//!
+//! Inbound, [`ProxyState::inbound_service`] names the service a tunnel was for, for telemetry
+//! only: among the services the destination workload backs, the one the client's `Forwarded
+//! host=` names, else the first whose port maps to the tunnel's target port (ztunnel's
+//! `guess_inbound_service`). What the client wrote can pick only among those.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -88,6 +93,36 @@ impl ProxyState {
             })
         })
     }
+
+    /// The service an inbound tunnel to `port` of local workload `workload` was for, as
+    /// telemetry names it; `host` is the client's `Forwarded host=`. See the [module
+    /// docs](self).
+    pub fn inbound_service(
+        &self,
+        workload: &Workload,
+        host: Option<&str>,
+        port: u16,
+    ) -> Option<Arc<Service>> {
+        self.read(|mesh| {
+            let backed: Vec<(Arc<Service>, &[ambit_xds::wds::PortMapping])> = workload
+                .services
+                .iter()
+                .filter_map(|(key, ports)| Some((mesh.service(key)?, ports.as_slice())))
+                .collect();
+            if let Some(host) = host
+                && let Some((service, _)) = backed.iter().find(|(s, _)| s.hostname == host)
+            {
+                return Some(service.clone());
+            }
+            backed
+                .iter()
+                .find(|(service, mappings)| {
+                    service.ports.iter().any(|p| p.target_port == port)
+                        || mappings.iter().any(|m| m.target_port == port)
+                })
+                .map(|(service, _)| service.clone())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +196,54 @@ mod tests {
             state.resolve("1.1.1.1:443".parse().unwrap()),
             Ok(Upstream::Unknown)
         ));
+    }
+
+    #[test]
+    fn the_inbound_service_is_chosen_among_those_the_workload_backs() {
+        let state = state();
+        let mut other = service();
+        other.name = "other".into();
+        other.hostname = "other.ns.svc.cluster.local".into();
+        other.vips = vec!["10.96.0.2".parse().unwrap()];
+        other.ports[0].target_port = 7070;
+        let stranger = Service {
+            name: "stranger".into(),
+            hostname: "stranger.ns.svc.cluster.local".into(),
+            vips: vec!["10.96.0.3".parse().unwrap()],
+            ..service()
+        };
+        let mut w = endpoint("w", "10.0.0.2", true, 8080);
+        w.services.insert(
+            other.key(),
+            vec![PortMapping {
+                service_port: 80,
+                target_port: 7070,
+            }],
+        );
+        state.update(|m| {
+            m.insert_service("svc", service());
+            m.insert_service("other", other);
+            m.insert_service("stranger", stranger);
+            m.insert_workload("w", w.clone());
+        });
+        let name = |host, port| {
+            state
+                .inbound_service(&w, host, port)
+                .map(|s| s.name.clone())
+        };
+        // By port: the workload's own mapping, then the service's.
+        assert_eq!(name(None, 8080).as_deref(), Some("svc"));
+        assert_eq!(name(None, 7070).as_deref(), Some("other"));
+        assert_eq!(name(None, 9090).as_deref(), Some("svc"));
+        assert_eq!(name(None, 1), None);
+        // The client's `host=` picks among the backed services only.
+        assert_eq!(
+            name(Some("other.ns.svc.cluster.local"), 8080).as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            name(Some("stranger.ns.svc.cluster.local"), 8080).as_deref(),
+            Some("svc")
+        );
     }
 }

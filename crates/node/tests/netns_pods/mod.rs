@@ -134,6 +134,33 @@ pub async fn connect_from(
         .unwrap_or_else(|_| panic!("connecting to {dst} timed out"))
 }
 
+/// A TCP connection made from inside `netns`, bound to source address `src` (which the test
+/// added to the namespace).
+pub async fn connect_bound(
+    netns: &Netns,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = netns.run_io(|| Socket::new(Domain::IPV4, Type::STREAM, None))?;
+    socket.bind(&SocketAddr::from((src, 0)).into())?;
+    socket.set_nonblocking(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    tokio::time::timeout(WAIT, socket.connect(dst))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {dst} from {src} timed out"))
+}
+
+/// Sends `payload` on `stream`, half-closes, and reads everything back.
+pub async fn echo_over(mut stream: TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(payload).await?;
+    stream.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("echo timed out"))??;
+    Ok(back)
+}
+
 /// Sends `payload` from a client socket in `netns`, half-closes, and reads everything back.
 pub async fn roundtrip(
     netns: &Netns,

@@ -11,6 +11,7 @@ fn key() -> PoolKey {
         dst: vec!["spiffe://td/ns/b/sa/b".parse().unwrap()],
         addr: "10.0.0.2:15008".parse().unwrap(),
         netns: None,
+        local: None,
     }
 }
 
