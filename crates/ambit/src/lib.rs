@@ -73,7 +73,7 @@ pub fn ambit_main() -> ExitCode {
         Command::Config(args) => cmd::config::run(args),
         Command::Node(args) => cmd::node::run(*args, log, cli.log.is_json()),
         Command::Cni(args) => cmd::cni::run(*args),
-        Command::Demo(args) => cmd::demo::run(args, log, cli.log.is_json()),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Verify(args) => cmd::verify::run(*args),
     };
     exit_code("ambit", result)

@@ -1,8 +1,7 @@
-//! `ambit demo` as a newcomer runs it: by default with pods as network namespaces and real
-//! capture (as root, and re-run inside a user namespace when not), and in `--loopback` mode
-//! (the whole mesh in one process). Traffic for a few seconds, then the verdicts. Each test uses
-//! its own `--loopback-block` (outside testkit's 10..=250, and 253 of the namespace tier) so it
-//! never meets another test's listeners.
+//! `ambit demo` as a newcomer runs it: pods as network namespaces and real capture (as root,
+//! and re-run inside a user namespace when not). Traffic for a few seconds, then the verdicts.
+//! Each test uses its own `--loopback-block` (outside testkit's 10..=250, and 253 of the
+//! namespace tier) so it never meets another test's listeners.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -10,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const PROMETHEUS: &str = "spiffe://cluster.local/ns/prometheus/sa/prometheus";
 const NODE_EXPORTER: &str = "spiffe://cluster.local/ns/prometheus/sa/node-exporter";
 
 struct Running(Child);
@@ -64,90 +62,6 @@ fn demo(args: &[&str]) -> Run {
     }
 }
 
-/// The temporary directory the demo reports having removed.
-fn removed_dir(stdout: &str) -> PathBuf {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("removed "))
-        .unwrap_or_else(|| panic!("no `removed <dir>` line in:\n{stdout}"));
-    PathBuf::from(line.trim())
-}
-
-#[test]
-fn demo_carries_the_enrolled_namespace_over_mtls_and_cleans_up() {
-    let run = demo(&["--loopback", "--duration", "6", "--loopback-block", "251"]);
-    let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(
-        run.status.success(),
-        "exit status {}; {context}",
-        run.status
-    );
-
-    // The verdicts, from the node proxies' own metrics.
-    let mtls = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("prometheus → node-exporter: mutual TLS, "))
-        .unwrap_or_else(|| panic!("no mTLS verdict; {context}"));
-    assert!(
-        mtls.contains(&format!("{PROMETHEUS} → {NODE_EXPORTER}")),
-        "the verdict names both identities: {mtls}"
-    );
-    assert!(
-        run.stdout
-            .contains("client → server: plaintext (default is not enrolled)"),
-        "no plaintext verdict for default; {context}"
-    );
-    let scrapes = run
-        .stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with("scrapes: "))
-        .unwrap_or_else(|| panic!("no scrape count; {context}"));
-    assert!(!scrapes.contains("scrapes: 0 ok"), "{scrapes}");
-    assert!(run.stdout.contains("FLOWS"), "no FLOWS table; {context}");
-
-    // The access logs go to stderr, ztunnel-shaped, with the proven identity.
-    assert!(
-        run.stderr
-            .lines()
-            .any(|l| l.contains("\tinfo\taccess\tconnection complete\t")
-                && l.contains(&format!("src.identity=\"{PROMETHEUS}\""))
-                && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
-        "no access log line for the mTLS scrape; {context}"
-    );
-    // Only access logs and problems by default: no start-up chatter from the roles.
-    assert!(
-        !run.stderr.contains("node proxy started"),
-        "info logs of the roles are hidden by default; {context}"
-    );
-
-    let dir = removed_dir(&run.stdout);
-    assert!(
-        run.stdout
-            .contains(&format!("writing manifests… {}", dir.display())),
-        "the removed directory is the one written; {context}"
-    );
-    assert!(!Path::new(&dir).exists(), "{} still exists", dir.display());
-}
-
-#[test]
-fn a_busy_block_fails_with_a_hint() {
-    // Something already holds the control plane's TLS port of block 252.
-    let _busy = std::net::TcpListener::bind("127.252.0.1:15012").unwrap();
-    let run = demo(&["--loopback", "--duration", "1", "--loopback-block", "252"]);
-    assert!(!run.status.success());
-    assert!(
-        run.stderr.contains("--loopback-block") && run.stderr.contains("127.252.0.1:15012"),
-        "the error names the port and the way out:\n{}",
-        run.stderr
-    );
-    assert!(
-        !run.stdout.contains("removed "),
-        "nothing was created:\n{}",
-        run.stdout
-    );
-}
-
 /// Checks a namespace-mode run: verdicts, access logs with both identities, cleanup.
 fn assert_namespace_demo(run: &Run) {
     let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
@@ -178,6 +92,11 @@ fn assert_namespace_demo(run: &Run) {
                 && l.contains(&format!("src.identity=\"{PROMETHEUS_0}\""))
                 && l.contains(&format!("dst.identity=\"{NODE_EXPORTER}\""))),
         "no access log line for the mTLS scrape; {context}"
+    );
+    // Only access logs and problems by default: no start-up chatter from the roles.
+    assert!(
+        !run.stderr.contains("node proxy started"),
+        "info logs of the roles are hidden by default; {context}"
     );
     let dir = removed_dir_ns(&run.stdout);
     assert!(!Path::new(&dir).exists(), "{} still exists", dir.display());

@@ -8,10 +8,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use ambit_localmesh::workloads::connect_in;
 use ambit_netns::Netns;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::workloads::connect_in;
 
 const API: &str = "127.0.0.1:9090";
 

@@ -1,10 +1,21 @@
-//! `ambit demo` with real capture: pods as network namespaces on a bridge, and the mesh's roles
-//! as `ambit` processes (control plane, and per node a capture agent and an in-pod node proxy),
-//! composed by [`ambit_localmesh`]. This process plays the container runtime (it creates pods
-//! and calls `ambit cni plugin`) and runs the pods' applications.
+//! `ambit demo`: a whole ambient mesh on this machine for a newcomer to watch, with real capture:
+//! pods as network namespaces on a bridge, and the mesh's roles as processes of the running
+//! binary (control plane, and per node a capture agent and an in-pod node proxy), composed by
+//! [`LocalMesh`]. This process plays the container runtime (it creates pods and calls
+//! `ambit cni plugin`) and runs the pods' applications.
+//!
+//! Namespace `prometheus` is enrolled (`istio.io/dataplane-mode: ambient`): `prometheus-0`
+//! scrapes `node-exporter` (over HBONE with mutual TLS, across nodes when there are two);
+//! `default` is not: `client` talks to the echo `server` in plaintext. Everything shown comes
+//! from the node proxies' own metrics ([`flows`]); the roles' access logs and problems go to
+//! stderr. On exit every process and namespace is gone and the temporary directory removed; the
+//! result says whether the enrolled traffic was carried over mutual TLS and the rest left alone.
 //!
 //! When not root, the demo first re-runs itself inside a user namespace, so nothing on the
 //! host changes and no privilege is needed.
+
+mod flows;
+mod prometheus;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -12,13 +23,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ambit_localmesh::workloads::{self, Tally};
-use ambit_localmesh::{Cluster, LocalMesh, Namespace, Options, Pod};
 use anyhow::{Context, bail};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::DemoArgs;
-use super::report::Flows;
+use self::flows::Flows;
+use crate::workloads::{self, Tally};
+use crate::{Cluster, LocalMesh, Namespace, Options, Pod};
+
+/// What `ambit demo` was asked for.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Stop after this many seconds of traffic (`None`: at Ctrl-C).
+    pub duration: Option<u64>,
+    /// Pods on `10.<block>.0.0/16`, the roles on `127.<block>.0.1`.
+    pub loopback_block: u8,
+    /// Nodes (each a capture agent and a node proxy): 1 or 2.
+    pub nodes: u8,
+    /// Scrape with Debian's real `prometheus` instead of the built-in scraper.
+    pub with_prometheus: bool,
+}
 
 const REFRESH: Duration = Duration::from_secs(2);
 const EXPORTER_PORT: u16 = 9100;
@@ -44,9 +67,10 @@ fn cluster(block: u8, nodes: &[String]) -> Cluster {
     }
 }
 
-pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    ambit_localmesh::userns::reexec_unless_root()
-        .context("the demo needs its own network namespaces")?;
+/// Builds the mesh, runs the applications until the duration ends or Ctrl-C, tears everything
+/// down and prints the verdict; fails if the enrolled traffic was not carried over mutual TLS.
+pub fn run(args: &DemoOptions) -> anyhow::Result<()> {
+    crate::userns::reexec_unless_root().context("the demo needs its own network namespaces")?;
     check_prerequisites(args.with_prometheus)?;
     let nodes: Vec<String> = (0..args.nodes)
         .map(|k| format!("node-{}", char::from(b'a' + k)))
@@ -82,9 +106,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "ambit demo: {} node(s), pods as network namespaces on 10.{}.0.0/16{}",
         nodes.len(),
         args.loopback_block,
-        if ambit_localmesh::userns::is_root()
-            && std::env::var_os(ambit_localmesh::userns::MARKER).is_some()
-        {
+        if crate::userns::is_root() && std::env::var_os(crate::userns::MARKER).is_some() {
             " (inside a user namespace: nothing on the host changes)"
         } else {
             ""
@@ -138,7 +160,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
 /// Runs the applications until the duration ends or Ctrl-C, printing FLOWS as it goes;
 /// returns (scrapes ok/failed, echoes ok/failed).
 async fn run_workloads(
-    args: &DemoArgs,
+    args: &DemoOptions,
     mesh: &LocalMesh,
     interrupt: &mut Signal,
 ) -> anyhow::Result<((u64, u64), (u64, u64))> {
@@ -160,7 +182,7 @@ async fn run_workloads(
     ];
     let mut prometheus = None;
     let scrapes: Arc<Tally> = if args.with_prometheus {
-        prometheus = Some(super::prometheus::start(&prom_ns, exporter, mesh.dir())?);
+        prometheus = Some(prometheus::start(&prom_ns, exporter, mesh.dir())?);
         Arc::new(Tally::default())
     } else {
         let (tally, task) =
@@ -286,7 +308,7 @@ fn print_endpoints(mesh: &LocalMesh) {
             verify.push_str(&format!(" --admin {} --stats {}", a.admin, a.stats));
         }
     }
-    if std::env::var_os(ambit_localmesh::userns::MARKER).is_some() {
+    if std::env::var_os(crate::userns::MARKER).is_some() {
         // The pods' namespaces belong to this run's user namespace: capturing in them needs
         // its root, which the same user becomes by joining it (the network stays the host's,
         // where the node proxies' admin ports listen).
@@ -304,7 +326,7 @@ fn check_prerequisites(with_prometheus: bool) -> anyhow::Result<()> {
     if !has("nft") && !has("iptables") {
         needed.push(("nft", "nftables"));
     }
-    if !ambit_localmesh::userns::is_root() {
+    if !crate::userns::is_root() {
         needed.push(("unshare", "util-linux"));
     }
     if with_prometheus {

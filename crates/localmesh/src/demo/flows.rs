@@ -1,4 +1,4 @@
-//! What the demo shows: the FLOWS table and the final verdicts, both read from the node
+//! What the demo shows: the FLOWS table and the links the verdict judges, both read from the node
 //! proxies' own Istio metrics (`istio_tcp_connections_opened_total` and the byte counters, as
 //! rendered for `/stats/prometheus`), never from what the demo's workloads believe happened.
 //!
@@ -8,9 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-
-use super::manifests::Layout;
-use super::workloads::Counts;
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 const SENT: &str = "istio_tcp_sent_bytes_total";
@@ -150,84 +147,6 @@ impl Flows {
             let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
         }
         out
-    }
-}
-
-/// Everything a finished demo learned.
-#[derive(Debug, Clone)]
-pub(super) struct Outcome {
-    pub(super) scrapes: Counts,
-    pub(super) echoes: Counts,
-    /// The node proxies' counters after they drained.
-    pub(super) flows: Flows,
-}
-
-impl Outcome {
-    /// The summary lines, and whether the demo showed what it is for: the enrolled
-    /// namespace's traffic carried over mutual TLS only, and at least one scrape through it.
-    pub(super) fn summary(&self, layout: &Layout) -> (String, bool) {
-        let (prometheus, exporter) = (&layout.prometheus, &layout.node_exporter);
-        let (client, server) = (&layout.client, &layout.server);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scrapes: {} ok, {} failed ({} → {} GET /metrics)",
-            self.scrapes.ok, self.scrapes.failed, prometheus.name, exporter.name
-        );
-        let _ = writeln!(
-            out,
-            "echoes:  {} ok, {} failed ({} → {})",
-            self.echoes.ok, self.echoes.failed, client.name, server.name
-        );
-
-        let link = self.flows.link(prometheus.name, exporter.name);
-        let mtls = link.mtls_connections > 0 && link.plaintext_connections == 0;
-        let pair = format!("{} → {}", prometheus.app, exporter.app);
-        let _ = match (&link.principals, mtls) {
-            (Some((src, dst)), true) => writeln!(
-                out,
-                "{pair}: mutual TLS, {}, {src} → {dst}",
-                connections(link.mtls_connections)
-            ),
-            _ if link.plaintext_connections > 0 => writeln!(
-                out,
-                "{pair}: NOT mutual TLS: {} in plaintext",
-                connections(link.plaintext_connections)
-            ),
-            _ => writeln!(
-                out,
-                "{pair}: NOT carried: the node proxies counted no connection"
-            ),
-        };
-
-        let link = self.flows.link(client.name, server.name);
-        let pair = format!("{} → {}", client.app, server.app);
-        let _ = if link.mtls_connections > 0 {
-            writeln!(
-                out,
-                "{pair}: mutual TLS, {} (unexpected: {} is not enrolled)",
-                connections(link.mtls_connections),
-                client.namespace
-            )
-        } else if link.plaintext_connections > 0 {
-            writeln!(
-                out,
-                "{pair}: plaintext ({} is not enrolled), {}",
-                client.namespace,
-                connections(link.plaintext_connections)
-            )
-        } else {
-            writeln!(out, "{pair}: no connections counted")
-        };
-        (out, mtls && self.scrapes.ok > 0)
-    }
-}
-
-fn connections(n: u64) -> String {
-    if n == 1 {
-        "1 connection".to_owned()
-    } else {
-        format!("{n} connections")
     }
 }
 
