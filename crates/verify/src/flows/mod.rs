@@ -6,9 +6,10 @@
 //! to tell (the `tls` submodule holds the record walker).
 //!
 //! Invariants:
-//! - Retransmitted and duplicated bytes are counted and kept once; a hole in the sequence
-//!   space is never papered over: bytes after it start a new [`Chunk`] whose first byte is not
-//!   assumed to be a record boundary, and the direction is marked incomplete.
+//! - Retransmitted and duplicated bytes are counted and kept once (a retransmission fills in
+//!   what a segment cut by the snap length missed); a hole in the sequence space is never
+//!   papered over: bytes after it start a new [`Chunk`] whose first byte is not assumed to be a
+//!   record boundary, and the direction is marked incomplete.
 //! - `Plaintext` is only said on evidence: bytes that cannot be TLS records from a known record
 //!   boundary, a run too long to sit inside one record with no header in it, or text.
 //!   Anything less is `Incomplete`, never `Tls`.
@@ -283,44 +284,38 @@ fn reassemble(isn: Option<u32>, segments: &[&Segment]) -> (Vec<Chunk>, u64, bool
     pieces.sort_by_key(|(offset, s)| (*offset, std::cmp::Reverse(s.payload_len)));
 
     let mut chunks: Vec<Chunk> = Vec::new();
-    // The chunk being extended; `None` after a hole or a segment cut short by the snap length.
-    let mut current: Option<Chunk> = None;
+    // Wire bytes seen (from `payload_len`) and captured bytes held (in `chunks`) both end here;
+    // they differ where a segment was cut by the snap length.
     let mut covered_end = 0u64;
+    let mut held_end = 0u64;
     let mut bytes = 0u64;
-    let mut complete = start_known;
     for (offset, segment) in pieces {
         let end = offset + u64::from(segment.payload_len);
-        if end <= covered_end {
-            continue; // a retransmission of bytes already seen
-        }
-        bytes += end - offset.max(covered_end);
-        covered_end = end;
+        bytes += end.saturating_sub(offset.max(covered_end));
+        covered_end = covered_end.max(end);
+        // Only bytes past what is held are new: a retransmission may fill in what a cut
+        // segment missed, and nothing is kept twice.
         let captured = &segment.payload;
-        match current.as_mut() {
-            Some(chunk) if offset <= chunk.end() => {
-                let skip = usize::try_from(chunk.end() - offset).unwrap_or(usize::MAX);
-                chunk
-                    .bytes
-                    .extend_from_slice(captured.get(skip..).unwrap_or(&[]));
-            }
-            _ => {
-                if offset > 0 || !start_known {
-                    complete = false;
-                }
-                chunks.extend(current.take());
-                current = Some(Chunk {
-                    offset,
-                    at_start: start_known && offset == 0,
-                    bytes: captured.clone(),
-                });
-            }
+        let captured_end = offset + captured.len() as u64;
+        if captured_end <= held_end {
+            continue;
         }
-        if captured.len() < segment.payload_len as usize {
-            complete = false;
-            chunks.extend(current.take());
+        let skip = usize::try_from(held_end.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let new = captured.get(skip..).unwrap_or(&[]);
+        let at = offset.max(held_end);
+        match chunks.last_mut() {
+            Some(chunk) if chunk.end() == at => chunk.bytes.extend_from_slice(new),
+            _ => chunks.push(Chunk {
+                offset: at,
+                at_start: start_known && at == 0,
+                bytes: new.to_vec(),
+            }),
         }
+        held_end = captured_end;
     }
-    chunks.extend(current);
+    // Complete: one run from the stream's known first byte holding every byte on the wire.
+    let complete =
+        start_known && held_end == covered_end && matches!(&chunks[..], [only] if only.offset == 0);
     (chunks, bytes, complete)
 }
 

@@ -182,3 +182,43 @@ fn flows_of_several_captures_of_the_same_connection_merge() {
     assert_eq!(flow.to_server.bytes, client_hello().len() as u64);
     assert_eq!(flow.to_server.class, Class::Tls);
 }
+
+#[test]
+fn bytes_after_a_cut_segment_are_kept_once() {
+    // Found by the `pcap` fuzz target: a segment cut by the snap length, then one overlapping
+    // it, made two chunks holding the same bytes.
+    let payload: Vec<u8> = (0..=255u8).cycle().take(260).collect();
+    let mut conn = Conn::new("10.0.0.1:40000", "10.0.0.2:8080").handshake();
+    let start = conn.next[0];
+    conn = conn.data(0, &payload[..100]);
+    for (from, len, captured) in [(50usize, 100usize, 30usize), (60, 200, 200)] {
+        conn.next[0] = start.wrapping_add(from as u32);
+        conn = conn.data(0, &payload[from..from + len]);
+        conn.segments.last_mut().unwrap().payload.truncate(captured);
+    }
+    let flow = one(&conn.segments);
+    let chunks = flow.to_server.chunks();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert_eq!(chunks[0].bytes, payload);
+    assert_eq!(flow.to_server.bytes, 260);
+    assert!(flow.to_server.complete);
+}
+
+#[test]
+fn a_retransmission_fills_what_a_cut_segment_missed() {
+    let payload = client_hello();
+    let conn = Conn::new("10.0.0.1:40000", "10.0.0.2:15008")
+        .handshake()
+        .data(0, &payload);
+    let mut segments = conn.segments;
+    let mut cut = segments.last().unwrap().clone();
+    cut.payload.truncate(10);
+    let full = segments.pop().unwrap();
+    segments.push(cut);
+    segments.push(full);
+    let flow = one(&segments);
+    assert_eq!(flow.to_server.chunks().len(), 1);
+    assert_eq!(flow.to_server.chunks()[0].bytes, payload);
+    assert!(flow.to_server.complete);
+    assert_eq!(flow.to_server.class, Class::Tls);
+}
