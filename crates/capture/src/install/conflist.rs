@@ -132,39 +132,38 @@ fn append(text: &str, plugin: &Value) -> Result<String, ConfError> {
     Ok(edited)
 }
 
-/// `text` without any Ambit plugin in its `plugins`; `None` when there is none.
+/// `text` without any Ambit plugin in its `plugins`; `None` when there is none. Each removed
+/// element goes with the separator before it (after it, for elements before the first kept
+/// one), so the kept elements keep theirs and removal undoes [`append`] byte for byte.
 fn remove_ours(text: &str) -> Result<Option<String>, ConfError> {
     let array = json_text::member(text, "plugins").ok_or(ConfError::Layout)?;
     let items = json_text::elements(text, array.clone()).ok_or(ConfError::Layout)?;
-    let mut keep = Vec::with_capacity(items.len());
+    let mut ours = Vec::with_capacity(items.len());
     for item in &items {
         let value: Value = serde_json::from_str(&text[item.clone()]).map_err(ConfError::NotJson)?;
-        if !is_ours(&value) {
-            keep.push(item.clone());
-        }
+        ours.push(is_ours(&value));
     }
-    if keep.len() == items.len() {
+    if !ours.contains(&true) {
         return Ok(None);
     }
-    // Rebuild the list's inside from the kept elements, joined by the list's own separator.
-    let (Some(first), Some(last)) = (items.first(), items.last()) else {
-        return Ok(None);
+    let Some(first_kept) = ours.iter().position(|o| !o) else {
+        // Nothing left: an empty list, keeping the layout after the last element (where
+        // inserting into an empty list left the layout that list had).
+        let last = items.last().map_or(array.end - 1, |item| item.end);
+        return Ok(Some(format!("{}{}", &text[..=array.start], &text[last..])));
     };
-    let lead = &text[array.start + 1..first.start];
-    let trail = &text[last.end..array.end - 1];
-    let separator = match &items[..] {
-        [a, b, ..] => &text[a.end..b.start],
-        _ => ", ",
-    };
-    let inside: Vec<&str> = keep.iter().map(|r| &text[r.clone()]).collect();
     let mut edited = String::with_capacity(text.len());
-    edited.push_str(&text[..=array.start]);
-    if !inside.is_empty() {
-        edited.push_str(lead);
-        edited.push_str(&inside.join(separator));
-        edited.push_str(trail);
+    let mut at = 0;
+    for (k, item) in items.iter().enumerate().filter(|(k, _)| ours[*k]) {
+        let cut = if k < first_kept {
+            item.start..items[k + 1].start
+        } else {
+            items[k - 1].end..item.end
+        };
+        edited.push_str(&text[at..cut.start.max(at)]);
+        at = at.max(cut.end);
     }
-    edited.push_str(&text[array.end - 1..]);
+    edited.push_str(&text[at..]);
     Ok(Some(edited))
 }
 

@@ -155,3 +155,60 @@ fn the_plugin_text_puts_type_first() {
         r#"{"type":"ambit-cni","ambit":{"agent_socket":"/var/run/istio-cni/pluginevent.sock","exclude_namespaces":["kube-system"]}}"#
     );
 }
+
+#[test]
+fn removing_keeps_every_separator_as_it_was() {
+    // Found by the `conflist` fuzz target: separators that differ from the first one were
+    // rewritten as the first one, so removing the plugin did not give the file back.
+    let before = "{\"plugins\": [\n    {\"type\": \"a\"},\n    {\"type\": \"b\"}  ,\n  {\"type\": \"c\"}\n]}";
+    let edited = updated(insert(before, &ours()).unwrap());
+    assert_eq!(remove(&edited).unwrap().as_deref(), Some(before));
+    // Ours first, in the middle and last, and two in a row: the other elements keep their
+    // separators, the list its layout.
+    let p = plugin_text(&ours());
+    let cases = [
+        (
+            format!("[{p},\n {{\"type\":\"a\"}} , {{\"type\":\"b\"}}]"),
+            "[{\"type\":\"a\"} , {\"type\":\"b\"}]",
+        ),
+        (
+            format!("[{{\"type\":\"a\"}},  {p} ,{{\"type\":\"b\"}}]"),
+            "[{\"type\":\"a\"} ,{\"type\":\"b\"}]",
+        ),
+        (
+            format!("[{p}, {p},{{\"type\":\"a\"}}]"),
+            "[{\"type\":\"a\"}]",
+        ),
+        (format!("[ {p} ]"), "[ ]"),
+        (format!("[\n  {p},\n  {p}\n]"), "[\n]"),
+    ];
+    for (list, expected) in cases {
+        let text = format!("{{\"plugins\": {list}}}");
+        let want = format!("{{\"plugins\": {expected}}}");
+        assert_eq!(
+            remove(&text).unwrap().as_deref(),
+            Some(want.as_str()),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn removing_from_an_empty_list_gives_its_layout_back() {
+    // Found by the `conflist` fuzz target (fuzz/corpus/conflist/regression-empty-list-layout):
+    // the plugin inserted into an empty list written over several lines was removed as `[]`, so
+    // uninstalling did not give the file back byte for byte.
+    for before in [
+        "{\"plugins\": [\n\n  ]\n}\n",
+        "{\"plugins\": [ ]}",
+        "{\"plugins\": []}",
+    ] {
+        let edited = updated(insert(before, &ours()).unwrap());
+        assert!(has_plugin(&edited), "{edited}");
+        assert_eq!(
+            remove(&edited).unwrap().as_deref(),
+            Some(before),
+            "{edited}"
+        );
+    }
+}
