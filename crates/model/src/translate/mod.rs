@@ -59,7 +59,8 @@ pub struct MeshSnapshot {
     pub workloads: BTreeMap<String, Workload>,
     /// By `<namespace>/<hostname>`.
     pub services: BTreeMap<String, Service>,
-    /// Every pod seen, with its enrollment decision or why it is not served.
+    /// Every pod seen, with its enrollment decision or why it is not served, ordered by
+    /// namespace then name (after an incremental translation too).
     pub pods: Vec<PodReport>,
     /// `istio.security.Authorization` resources to serve, by `<namespace>/<name>`.
     pub authorizations: BTreeMap<String, Authorization>,
@@ -205,6 +206,7 @@ pub fn retranslate(
         }
         old.extend(old_uids);
         snapshot.pods.retain(|p| &p.namespace != ns);
+        let reports_before = snapshot.pods.len();
 
         // Every name produced again is struck from `old`; what is left was removed.
         let services = service::services_in(state, config, ns);
@@ -223,6 +225,11 @@ pub fn retranslate(
                 changes.upserts.push(uid);
             }
         }
+        // The namespace's reports go where a full translation puts them, so `/debug/pods`
+        // does not depend on the order of updates.
+        let reports: Vec<PodReport> = snapshot.pods.drain(reports_before..).collect();
+        let at = snapshot.pods.partition_point(|p| p.namespace < *ns);
+        snapshot.pods.splice(at..at, reports);
         changes.removals.extend(old);
     }
     Some(changes)
