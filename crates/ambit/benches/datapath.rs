@@ -4,10 +4,13 @@
 //! Two nodes (`node-a`, `node-b`), each a real `ambit node --inpod` with a real capture agent,
 //! and two namespaces of two pods each: in `bench` (enrolled) the client pod on node-a talks to
 //! the server pod on node-b through both node proxies over HBONE (mutual TLS 1.3, HTTP/2
-//! CONNECT); in `plain` (not enrolled) the same two pods on the same bridge talk directly. The
-//! same clients and servers run in both pairs, alternating direct and mesh (direct first in
-//! even rounds, mesh first in odd ones; latency tests in short alternating blocks) so drift hits
-//! both. `docs/performance.md` explains the figures and what limits them.
+//! CONNECT); in `plain` (not enrolled) the same two pods on the same bridge talk directly. With
+//! `ZTUNNEL_BIN` naming a stock ztunnel binary, two more nodes (`zt-a`, `zt-b`) run it as their
+//! proxy, each in a network namespace of its own, fed by the same control plane and their own
+//! capture agents, with a third pair in the enrolled namespace `zt` between them. The same
+//! clients and servers run on every pair, the order rotating every round (latency tests in
+//! short blocks that take turns) so drift hits all. `docs/performance.md` explains the figures
+//! and what limits them.
 //!
 //! Figures: iperf3 throughput with 1 and 8 streams; 1 B and 1 KiB request/response latency on
 //! one connection; connect + 1 B echo + close latency; new connections per second; HTTP
@@ -25,7 +28,8 @@
 //! `AMBIT_BENCH_EXE` another `ambit` binary to measure (e.g. a build with a proposed change;
 //! the node proxies run as the `ambit-node` beside it if there is one, else as `ambit node`),
 //! `AMBIT_BENCH_SAMPLES_DIR` a folder to append every latency sample to (nanoseconds, one per
-//! line, a file per test and side).
+//! line, a file per test and side), `ZTUNNEL_BIN` a stock ztunnel to measure beside Ambit
+//! (without it the report says the ztunnel column was not run).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)] // a benchmark program
 
@@ -47,13 +51,19 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use ambit_localmesh::process::Role;
+use ambit_localmesh::ztunnel::ZtunnelNodes;
 use ambit_localmesh::{Cluster, LocalMesh, Namespace, Options, Pod};
 
 use crate::clients::ClientPod;
 use crate::probe::Machine;
 use crate::servers::Servers;
-use crate::suite::{Pair, Settings, Suite};
+use crate::suite::{Pair, Settings, Side, Suite};
+
+/// The nodes whose proxy is the stock ztunnel, when `ZTUNNEL_BIN` is set.
+const ZTUNNEL_NODES: [&str; 2] = ["zt-a", "zt-b"];
 
 /// Pods on 10.97.0.0/16, roles on 127.253.97.x: apart from the tests' and the demo's blocks.
 const BLOCK: u8 = 97;
@@ -85,13 +95,32 @@ fn main() {
     let _guard = rt.enter();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mesh = LocalMesh::start(options(&settings, dir.path().to_owned()), cluster())
-        .unwrap_or_else(|e| panic!("cannot build the local mesh: {e:?}"));
-    let proxies: Vec<u32> = mesh
-        .nodes()
-        .iter()
-        .filter_map(|n| n.proxy.as_ref().map(Role::pid))
-        .collect();
+    let ztunnel = settings.ztunnel.clone().map(|exe| ZtunnelNodes {
+        exe,
+        nodes: ZTUNNEL_NODES.map(str::to_owned).to_vec(),
+    });
+    match (&settings.ztunnel, &settings.ztunnel_version) {
+        (Some(exe), Some(version)) => eprintln!("ztunnel column: {} ({version})", exe.display()),
+        _ => eprintln!("ztunnel column not run: ZTUNNEL_BIN is not set"),
+    }
+    let with_ztunnel = ztunnel.is_some();
+    let mesh = LocalMesh::start_with(
+        options(&settings, dir.path().to_owned(), with_ztunnel),
+        cluster(with_ztunnel),
+        ztunnel,
+    )
+    .unwrap_or_else(|e| panic!("cannot build the local mesh: {e:?}"));
+    let mut proxies: BTreeMap<Side, Vec<u32>> = BTreeMap::new();
+    for node in mesh.nodes() {
+        let side = if node.host.is_some() {
+            Side::Ztunnel
+        } else {
+            Side::Mesh
+        };
+        if let Some(pid) = node.proxy.as_ref().map(Role::pid) {
+            proxies.entry(side).or_default().push(pid);
+        }
+    }
     eprintln!(
         "mesh up in {:.1} s; node proxies: pids {proxies:?}",
         started.elapsed().as_secs_f64()
@@ -113,15 +142,14 @@ fn main() {
                 .unwrap_or_else(|e| panic!("cannot start the servers of {ns}: {e}")),
         }
     };
-    let direct = pair("plain");
-    let mut meshed = pair("bench");
-    let others = [&direct, &meshed]
-        .iter()
-        .flat_map(|p| p.servers.pids())
-        .collect();
+    let mut pairs = vec![(Side::Direct, pair("plain")), (Side::Mesh, pair("bench"))];
+    if with_ztunnel {
+        pairs.push((Side::Ztunnel, pair("zt")));
+    }
+    let others = pairs.iter().flat_map(|(_, p)| p.servers.pids()).collect();
     let mut suite = Suite::new(settings, proxies, others);
-    suite.warm_up(&direct, &meshed);
-    suite.run(&direct, &mut meshed);
+    suite.warm_up(&pairs);
+    suite.run(&mut pairs);
 
     let figures = suite.figures();
     let text = report::table(&figures, &machine, &suite.settings.describe());
@@ -141,21 +169,24 @@ fn main() {
         Err(e) => println!("cannot write {}: {e}", path.display()),
     }
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
-    drop(meshed);
-    drop(direct);
+    drop(pairs);
     drop(mesh);
     if !suite.errors.is_empty() {
         std::process::exit(1);
     }
 }
 
-fn options(settings: &Settings, dir: PathBuf) -> Options {
+fn options(settings: &Settings, dir: PathBuf, with_ztunnel: bool) -> Options {
+    let mut nodes = vec!["node-a".to_owned(), "node-b".to_owned()];
+    if with_ztunnel {
+        nodes.extend(ZTUNNEL_NODES.map(str::to_owned));
+    }
     Options {
         exe: settings.exe.clone(),
         node_exe: settings.node_exe.clone(),
         block: BLOCK,
         roles: Ipv4Addr::new(127, 253, BLOCK, 1),
-        nodes: vec!["node-a".to_owned(), "node-b".to_owned()],
+        nodes,
         dir,
         log_level: settings.log.clone(),
         sink: None,
@@ -163,9 +194,10 @@ fn options(settings: &Settings, dir: PathBuf) -> Options {
 }
 
 /// `bench` is enrolled, `plain` is not; each has a client on node-a and a server on node-b.
-fn cluster() -> Cluster {
+/// With a ztunnel column, `zt` (enrolled) has a client on zt-a and a server on zt-b.
+fn cluster(with_ztunnel: bool) -> Cluster {
     let ip = |subnet, host| Ipv4Addr::new(10, BLOCK, subnet, host);
-    Cluster {
+    let mut cluster = Cluster {
         namespaces: vec![
             Namespace::new("bench", true),
             Namespace::new("plain", false),
@@ -177,7 +209,32 @@ fn cluster() -> Cluster {
             Pod::new("plain", "server", "node-b", ip(2, 2)),
         ],
         ..Cluster::default()
+    };
+    if with_ztunnel {
+        cluster.namespaces.push(Namespace::new("zt", true));
+        cluster
+            .pods
+            .push(Pod::new("zt", "client", "zt-a", ip(3, 1)));
+        cluster
+            .pods
+            .push(Pod::new("zt", "server", "zt-b", ip(3, 2)));
     }
+    cluster
+}
+
+/// `ztunnel version`'s first line (its build: version and git revision), for the report.
+fn ztunnel_version(exe: &std::path::Path) -> String {
+    Command::new(exe)
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "version unknown".to_owned())
 }
 
 /// Lets a pod open connections as fast as the benchmark asks: a wide ephemeral port range and

@@ -7,8 +7,17 @@ use std::time::Duration;
 
 /// `GET http://addr/path`: the status code and body, or an error string.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    get_on(stream, addr, path, timeout)
+}
+
+/// `GET path` on an open connection to `addr` (e.g. one opened inside another namespace).
+pub fn get_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     write!(

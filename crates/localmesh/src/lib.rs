@@ -9,6 +9,8 @@
 //!   and the FLOWS table and verdict read from the node proxies' metrics.
 //! - [`topology`]: pods as network namespaces, each with an `eth0` on one bridge (the "wire"),
 //!   built with iproute2 inside namespaces this process creates: nothing on the host changes.
+//! - [`ztunnel`]: a stock ztunnel (given by the caller) as some nodes' proxy, each in a network
+//!   namespace of its own, for side-by-side measurements.
 //! - [`userns`]: re-running the current program inside a user namespace when it is not root,
 //!   so all of the above needs no privileges.
 //!
@@ -23,6 +25,7 @@ pub mod process;
 pub mod topology;
 pub mod userns;
 pub mod workloads;
+pub mod ztunnel;
 
 pub use cluster::{Cluster, Namespace, Pod};
 pub use mesh::{LocalMesh, MeshError, Options};

@@ -19,6 +19,7 @@ use crate::cluster::{Cluster, Pod};
 use crate::http;
 use crate::process::{LineSink, Role};
 use crate::topology::{Topology, TopologyError};
+use crate::ztunnel::{self, ZtunnelNodes};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,6 +86,7 @@ pub struct LocalMesh {
     // Field order is drop order: roles stop before the namespaces go.
     nodes: Vec<Node>,
     control: Role,
+    ztunnel: Option<ZtunnelNodes>,
     topology: Topology,
 }
 
@@ -94,6 +96,8 @@ pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
     pub proxy: Option<Role>,
+    /// A ztunnel node's own namespace (after `proxy`: dropped once the proxy has stopped).
+    pub host: Option<ztunnel::Host>,
     pub agent: Option<Role>,
 }
 
@@ -102,13 +106,24 @@ impl LocalMesh {
     /// agents and node proxies, waits until they are ready, then creates every pod of
     /// `cluster` (namespace + CNI ADD).
     pub fn start(options: Options, cluster: Cluster) -> Result<Self, MeshError> {
+        Self::start_with(options, cluster, None)
+    }
+
+    /// Like [`LocalMesh::start`], with the nodes `ztunnel` names running a stock ztunnel as
+    /// their proxy (see [`crate::ztunnel`]) instead of Ambit's.
+    pub fn start_with(
+        options: Options,
+        cluster: Cluster,
+        ztunnel: Option<ZtunnelNodes>,
+    ) -> Result<Self, MeshError> {
         let b = options.block;
         let topology = Topology::new(Ipv4Addr::new(10, b, 0, 1), 16)?;
         let dir = &options.dir;
         let manifests = dir.join("manifests");
         let mut tokens = String::new();
         for node in &options.nodes {
-            let token = format!("token-{node}-{}", std::process::id());
+            // The control plane takes tokens of 16 characters or more, whatever the node's name.
+            let token = format!("localmesh-token-{node}-{}", std::process::id());
             tokens.push_str(&format!("{token} {node}\n"));
             write(&dir.join(format!("{node}.token")), &token)?;
         }
@@ -149,7 +164,8 @@ impl LocalMesh {
             SocketAddr::from((control_ip, ports::MONITORING)),
             "/ready",
             "control plane",
-        )?;
+        )
+        .map_err(|e| with_output(e, &control))?;
 
         let nodes = options
             .nodes
@@ -159,6 +175,7 @@ impl LocalMesh {
                 name: name.clone(),
                 ip: offset(options.roles, k + 1),
                 proxy: None,
+                host: None,
                 agent: None,
             })
             .collect();
@@ -171,6 +188,7 @@ impl LocalMesh {
             },
             nodes,
             control,
+            ztunnel,
             topology,
         };
         for k in 0..mesh.nodes.len() {
@@ -360,6 +378,24 @@ impl LocalMesh {
 
     fn start_proxy(&mut self, k: usize) -> Result<(), MeshError> {
         let name = self.nodes[k].name.clone();
+        if let Some(zt) = self.ztunnel.as_ref().filter(|z| z.nodes.contains(&name)) {
+            let dir = &self.options.dir;
+            let (role, host) = ztunnel::start(ztunnel::Start {
+                node: &name,
+                exe: &zt.exe,
+                control: SocketAddr::from((self.options.roles, ports::XDS_TLS)),
+                zds_socket: self.zds_socket(&name),
+                root_cert: dir.join("ca").join("root-cert.pem"),
+                token_file: dir.join(format!("{name}.token")),
+                worker_threads: self.proxy_share(),
+                log_level: &self.options.log_level,
+                sink: self.options.sink.clone(),
+            })
+            .map_err(io("start ztunnel"))?;
+            self.nodes[k].proxy = Some(role);
+            self.nodes[k].host = Some(host);
+            return Ok(());
+        }
         let ip = self.nodes[k].ip;
         let control = self.options.roles;
         let dir = &self.options.dir;
@@ -410,11 +446,20 @@ impl LocalMesh {
 
     fn wait_proxy_ready(&self, k: usize) -> Result<(), MeshError> {
         let node = &self.nodes[k];
-        wait_http(
-            SocketAddr::from((node.ip, ports::READINESS)),
-            "/healthz/ready",
-            &format!("node proxy of {}", node.name),
-        )
+        let ready = match &node.host {
+            Some(host) => wait(&format!("ztunnel of {}", node.name), || {
+                ztunnel::ready(host)
+            }),
+            None => wait_http(
+                SocketAddr::from((node.ip, ports::READINESS)),
+                "/healthz/ready",
+                &format!("node proxy of {}", node.name),
+            ),
+        };
+        match (&node.proxy, ready) {
+            (Some(role), Err(e)) => Err(with_output(e, role)),
+            (_, ready) => ready,
+        }
     }
 
     fn wait_control_knows(&self, pod: &Pod) -> Result<(), MeshError> {
@@ -444,12 +489,26 @@ impl LocalMesh {
     /// proxy gets its node's share (at least one), as on a cluster where each node has its
     /// own. `ZTUNNEL_WORKER_THREADS` in the environment (inherited) decides instead.
     fn proxy_threads(&self) -> Option<String> {
+        self.proxy_share()
+            .map(|share| format!("--worker-threads={share}"))
+    }
+
+    /// Each node proxy's share of this machine's CPUs (at least one), or `None` when
+    /// `ZTUNNEL_WORKER_THREADS` in the environment decides. The nodes of one kind share the
+    /// CPUs (Ambit's nodes and ztunnel's carry traffic in turn, never together).
+    fn proxy_share(&self) -> Option<usize> {
         if std::env::var_os("ZTUNNEL_WORKER_THREADS").is_some() {
             return None;
         }
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let share = (cpus / self.nodes.len().max(1)).max(1);
-        Some(format!("--worker-threads={share}"))
+        let ztunnels = self.ztunnel.as_ref().map_or(0, |z| {
+            self.nodes
+                .iter()
+                .filter(|n| z.nodes.contains(&n.name))
+                .count()
+        });
+        let sharing = ztunnels.max(self.nodes.len() - ztunnels).max(1);
+        Some((cpus / sharing).max(1))
     }
 
     fn node_index(&self, name: &str) -> Option<usize> {
@@ -544,6 +603,17 @@ fn wait(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), MeshError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// `error` followed by the last lines `role` printed, so a role that never became ready says why.
+fn with_output(error: MeshError, role: &Role) -> MeshError {
+    const LAST: usize = 20;
+    let MeshError::NotReady(what) = error else {
+        return error;
+    };
+    let lines = role.lines();
+    let tail = lines[lines.len().saturating_sub(LAST)..].join("\n  ");
+    MeshError::NotReady(format!("{what}; its last output:\n  {tail}"))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), MeshError> {

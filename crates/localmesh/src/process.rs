@@ -1,4 +1,4 @@
-//! The mesh's roles as child processes of the `ambit` binary, with their output collected
+//! The mesh's roles as child processes (of the `ambit` binary, or a stock ztunnel), with their output collected
 //! line by line (and optionally echoed), and stopped with SIGTERM on drop.
 
 use std::io::{BufRead, BufReader, Read};
@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use ambit_netns::Netns;
 
 /// What to do with each line a role prints.
 pub type LineSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -35,8 +37,21 @@ impl Role {
         args: &[String],
         sink: Option<LineSink>,
     ) -> std::io::Result<Self> {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut command = Command::new(exe);
+        command.args(args);
+        Self::spawn_command(name, command, None, sink)
+    }
+
+    /// Starts `command` (inside `netns` if given: the process and everything it opens live
+    /// there), naming it `name` in what it prints.
+    pub fn spawn_command(
+        name: &str,
+        mut command: Command,
+        netns: Option<&Netns>,
+        sink: Option<LineSink>,
+    ) -> std::io::Result<Self> {
+        let exe = command.get_program().to_owned();
+        command
             // Its own process group: a terminal's Ctrl-C reaches only the owner, which then
             // stops the roles in order (and can still read their final counters).
             .process_group(0)
@@ -44,11 +59,17 @@ impl Role {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display()))
-            })?;
+            .stderr(Stdio::piped());
+        let spawned = match netns {
+            Some(netns) => netns.spawn(command),
+            None => command.spawn(),
+        };
+        let mut child = spawned.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", Path::new(&exe).display()),
+            )
+        })?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(out) = child.stdout.take() {
             collect(name, out, lines.clone(), sink.clone());

@@ -1,27 +1,29 @@
 //! From measurements to the report's rows: which figures exist, their names, units and
-//! targets (the issue's, as ratios to direct TCP or as absolute memory), medians of per-round
-//! values and percentiles of pooled latency samples.
+//! targets (ratios to direct TCP, ratios to a stock ztunnel, or absolute memory), medians of
+//! per-round values and percentiles of pooled latency samples.
 
 use crate::probe;
 use crate::report::{Figure, Target};
 use crate::suite::{HTTP_CONNECTIONS, RATE_CLIENTS, Side, Suite};
 
 impl Suite {
-    /// Every figure the measurements support, in report order.
+    /// Every figure the measurements support, in report order. Targets: the data-path issue's
+    /// ratios to direct TCP, and the throughput issue's ratios to a stock ztunnel measured in
+    /// the same run.
     pub(crate) fn figures(&self) -> Vec<Figure> {
+        use Target::{AtMost, RatioAtLeast, RatioAtMost, ZtunnelAtLeast, ZtunnelAtMost};
         let mut out = Vec::new();
-        let at_least = |t| Some(Target::RatioAtLeast(t));
         out.extend(self.rate(
             "stream1_gbps",
             "throughput, 1 stream (iperf3)",
             "Gbit/s",
-            at_least(0.42),
+            vec![RatioAtLeast(0.42), ZtunnelAtLeast(1.25)],
         ));
         out.extend(self.rate(
             "stream8_gbps",
             "throughput, 8 streams (iperf3 -P 8)",
             "Gbit/s",
-            None,
+            vec![ZtunnelAtLeast(1.25)],
         ));
         for (test, label, target) in [
             ("rr1", "1 B request/response on one connection", Some(2.0)),
@@ -29,66 +31,92 @@ impl Suite {
             ("connect", "connect + 1 B echo + close", Some(3.0)),
         ] {
             for (p, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
-                let target = if name == "p50" {
-                    target.map(Target::RatioAtMost)
-                } else {
-                    None
-                };
-                out.extend(self.latency(test, p, &format!("{label}, {name}"), name, target));
+                let mut targets = Vec::new();
+                if let Some(t) = target.filter(|_| name == "p50") {
+                    targets.push(RatioAtMost(t));
+                }
+                if target.is_some() && name != "p90" {
+                    targets.push(ZtunnelAtMost(1.0));
+                }
+                out.extend(self.latency(test, p, &format!("{label}, {name}"), name, targets));
             }
         }
         let rate_name = format!("new connections per second ({RATE_CLIENTS} clients)");
-        out.extend(self.rate("rate_cps", &rate_name, "conn/s", None));
+        out.extend(self.rate("rate_cps", &rate_name, "conn/s", vec![]));
         let wrk = format!("HTTP, {HTTP_CONNECTIONS} keep-alive connections (wrk)");
         let ab = format!("HTTP, a new connection per request (ab -c {HTTP_CONNECTIONS})");
-        out.extend(self.rate("wrk_rps", &wrk, "req/s", at_least(0.40)));
-        out.extend(self.rate("ab_rps", &ab, "req/s", at_least(0.25)));
-        for (key, name, unit) in [
+        out.extend(self.rate(
+            "wrk_rps",
+            &wrk,
+            "req/s",
+            vec![RatioAtLeast(0.40), ZtunnelAtLeast(1.0)],
+        ));
+        out.extend(self.rate(
+            "ab_rps",
+            &ab,
+            "req/s",
+            vec![RatioAtLeast(0.25), ZtunnelAtLeast(1.0)],
+        ));
+        for (key, name, targets) in [
             (
-                "cpu_all_per_gb",
+                "cpu_all_per_gb_stream1",
                 "CPU per GB moved, all processes (1 stream)",
-                "CPU s",
+                vec![],
             ),
             (
-                "cpu_proxies_per_gb",
-                "CPU per GB moved, node proxies",
-                "CPU s",
+                "cpu_proxies_per_gb_stream1",
+                "CPU per GB moved, node proxies (1 stream)",
+                vec![ZtunnelAtMost(0.8)],
+            ),
+            (
+                "cpu_all_per_gb_stream8",
+                "CPU per GB moved, all processes (8 streams)",
+                vec![],
+            ),
+            (
+                "cpu_proxies_per_gb_stream8",
+                "CPU per GB moved, node proxies (8 streams)",
+                vec![ZtunnelAtMost(0.8)],
             ),
             (
                 "cpu_all_per_10k_wrk",
                 "CPU per 10,000 keep-alive requests, all processes",
-                "CPU s",
+                vec![],
             ),
             (
                 "cpu_proxies_per_10k_wrk",
                 "CPU per 10,000 keep-alive requests, node proxies",
-                "CPU s",
+                vec![],
             ),
             (
                 "cpu_all_per_10k_ab",
                 "CPU per 10,000 new-connection requests, all processes",
-                "CPU s",
+                vec![],
             ),
             (
                 "cpu_proxies_per_10k_ab",
                 "CPU per 10,000 new-connection requests, node proxies",
-                "CPU s",
+                vec![],
             ),
         ] {
-            out.extend(self.rate(key, name, unit, None));
+            out.extend(self.rate(key, name, "CPU s", targets));
         }
         out.extend(self.rate(
             "rss_idle",
             "node-proxy RSS, idle (larger of two)",
             "MB",
-            Some(Target::AtMost(10.0)),
+            vec![AtMost(10.0)],
         ));
         for &count in &self.settings.idle {
-            let target = (count == 10_000).then_some(Target::AtMost(40.0));
+            let targets = if count == 10_000 {
+                vec![AtMost(40.0)]
+            } else {
+                vec![]
+            };
             let name = format!("node-proxy RSS, {} idle connections", thousands(count));
-            out.extend(self.rate(&format!("rss_{count}"), &name, "MB", target));
+            out.extend(self.rate(&format!("rss_{count}"), &name, "MB", targets));
         }
-        out.extend(self.rate("rss_after", "node-proxy RSS, after the run", "MB", None));
+        out.extend(self.rate("rss_after", "node-proxy RSS, after the run", "MB", vec![]));
         out
     }
 
@@ -98,7 +126,7 @@ impl Suite {
         key: &str,
         name: &str,
         unit: &'static str,
-        target: Option<Target>,
+        targets: Vec<Target>,
     ) -> Option<Figure> {
         let side = |s| {
             self.values
@@ -111,20 +139,21 @@ impl Suite {
             unit,
             direct: side(Side::Direct),
             mesh: side(Side::Mesh)?,
-            target,
+            ztunnel: side(Side::Ztunnel),
+            targets,
             note: self.notes.get(key).cloned().unwrap_or_default(),
         })
     }
 
     /// A figure from latency samples: quantile `p` of all rounds' samples on each side, and
-    /// what the mesh adds.
+    /// what Ambit adds.
     fn latency(
         &self,
         test: &str,
         p: f64,
         name: &str,
         suffix: &str,
-        target: Option<Target>,
+        targets: Vec<Target>,
     ) -> Option<Figure> {
         let side = |s| {
             let mut all = self.samples.get(&(test.to_owned(), s))?.clone();
@@ -138,8 +167,9 @@ impl Suite {
             unit: "µs",
             direct,
             mesh,
-            target,
-            note: direct.map_or_else(String::new, |d| format!("+{:.0} µs", mesh - d)),
+            ztunnel: side(Side::Ztunnel),
+            targets,
+            note: direct.map_or_else(String::new, |d| format!("Ambit +{:.0} µs", mesh - d)),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! The benchmark's output: one [`Figure`] per measured quantity, with direct TCP beside Ambit
-//! and the ratio between them, printed as a Markdown table (ready for the README) and written
-//! as JSON.
+//! The benchmark's output: one [`Figure`] per measured quantity, with direct TCP, Ambit and
+//! (when the run had one) a stock ztunnel side by side, each proxy's ratio to direct and
+//! Ambit's to ztunnel, printed as a Markdown table (ready for the README) and written as JSON.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -18,6 +18,10 @@ pub(crate) enum Target {
     RatioAtMost(f64),
     /// Ambit's value at most this (memory, no direct counterpart).
     AtMost(f64),
+    /// Ambit ÷ ztunnel at least this (rates; both measured in the same run).
+    ZtunnelAtLeast(f64),
+    /// Ambit ÷ ztunnel at most this (latencies, CPU per unit of work).
+    ZtunnelAtMost(f64),
 }
 
 /// One row of the report.
@@ -31,23 +35,52 @@ pub(crate) struct Figure {
     /// Direct TCP, when the quantity exists without a mesh.
     pub(crate) direct: Option<f64>,
     pub(crate) mesh: f64,
-    pub(crate) target: Option<Target>,
+    /// The stock ztunnel's value, when the run had one.
+    pub(crate) ztunnel: Option<f64>,
+    pub(crate) targets: Vec<Target>,
     /// Anything else worth a word (e.g. both node proxies' values).
     pub(crate) note: String,
 }
 
 impl Figure {
+    /// Ambit ÷ direct.
     pub(crate) fn ratio(&self) -> Option<f64> {
         self.direct.filter(|d| *d > 0.0).map(|d| self.mesh / d)
     }
 
-    /// Whether the target is met; `None` without a target.
-    pub(crate) fn met(&self) -> Option<bool> {
-        Some(match self.target? {
+    /// ztunnel ÷ direct.
+    pub(crate) fn ztunnel_ratio(&self) -> Option<f64> {
+        let direct = self.direct.filter(|d| *d > 0.0)?;
+        self.ztunnel.map(|z| z / direct)
+    }
+
+    /// Ambit ÷ ztunnel.
+    pub(crate) fn vs_ztunnel(&self) -> Option<f64> {
+        self.ztunnel.filter(|z| *z > 0.0).map(|z| self.mesh / z)
+    }
+
+    /// Whether `target` is met; `None` when this run cannot tell (no direct or ztunnel value).
+    pub(crate) fn met(&self, target: Target) -> Option<bool> {
+        Some(match target {
             Target::RatioAtLeast(t) => self.ratio()? >= t,
             Target::RatioAtMost(t) => self.ratio()? <= t,
             Target::AtMost(t) => self.mesh <= t,
+            Target::ZtunnelAtLeast(t) => self.vs_ztunnel()? >= t,
+            Target::ZtunnelAtMost(t) => self.vs_ztunnel()? <= t,
         })
+    }
+
+    /// "met", "**missed**" or "not measured" for each target, in order.
+    fn verdict(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| match self.met(*t) {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -57,6 +90,8 @@ impl Target {
             Self::RatioAtLeast(t) => format!("≥ {t:.2}×"),
             Self::RatioAtMost(t) => format!("≤ {t:.1}×"),
             Self::AtMost(t) => format!("≤ {t:.0}"),
+            Self::ZtunnelAtLeast(t) => format!("≥ {t:.2}× ztunnel"),
+            Self::ZtunnelAtMost(t) => format!("≤ {t:.2}× ztunnel"),
         }
     }
 }
@@ -68,20 +103,19 @@ pub(crate) fn table(figures: &[Figure], machine: &Machine, settings: &str) -> St
     let _ = writeln!(out, "Run: {settings}\n");
     let _ = writeln!(
         out,
-        "| figure | unit | direct TCP | Ambit | ratio | target | |"
+        "| figure | unit | direct TCP | Ambit | ÷ direct | ztunnel | ÷ direct | Ambit ÷ ztunnel | target | |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|---|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
+    let times = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
     for f in figures {
         let direct = f.direct.map_or_else(|| "–".to_owned(), number);
-        let ratio = f
-            .ratio()
-            .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
-        let target = f.target.map_or_else(String::new, Target::text);
-        let verdict = match f.met() {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "",
-        };
+        let ztunnel = f.ztunnel.map_or_else(|| "–".to_owned(), number);
+        let targets = f
+            .targets
+            .iter()
+            .map(|t| t.text())
+            .collect::<Vec<_>>()
+            .join(", ");
         let note = if f.note.is_empty() {
             String::new()
         } else {
@@ -89,10 +123,14 @@ pub(crate) fn table(figures: &[Figure], machine: &Machine, settings: &str) -> St
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {direct} | {}{note} | {ratio} | {target} | {verdict} |",
+            "| {}{note} | {} | {direct} | {} | {} | {ztunnel} | {} | {} | {targets} | {} |",
             f.name,
             f.unit,
-            number(f.mesh)
+            number(f.mesh),
+            times(f.ratio()),
+            times(f.ztunnel_ratio()),
+            times(f.vs_ztunnel()),
+            f.verdict(),
         );
     }
     out
@@ -116,8 +154,11 @@ pub(crate) fn write_json(
                 "direct": f.direct,
                 "ambit": f.mesh,
                 "ratio": f.ratio(),
-                "target": f.target.map(Target::text),
-                "met": f.met(),
+                "ztunnel": f.ztunnel,
+                "ztunnel_ratio": f.ztunnel_ratio(),
+                "ambit_vs_ztunnel": f.vs_ztunnel(),
+                "targets": f.targets.iter().map(|t| t.text()).collect::<Vec<_>>(),
+                "met": f.targets.iter().map(|t| f.met(*t)).collect::<Vec<_>>(),
                 "note": f.note,
             })
         })

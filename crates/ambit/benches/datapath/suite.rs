@@ -1,7 +1,7 @@
 //! The sequence of measurements and what becomes of them: each throughput, rate and HTTP
-//! test runs on the direct pair and on the mesh pair back to back, the order flipping every
-//! round; latency tests alternate the pairs in short blocks within a round. Results are kept
-//! per side; `figures` turns them into the report's rows.
+//! test runs on every pair (direct, Ambit, and a stock ztunnel when the run has one) back to
+//! back, the order rotating every round; latency tests alternate the pairs in short blocks
+//! within a round. Results are kept per side; `figures` turns them into the report's rows.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,8 +24,8 @@ const LATENCY_TESTS: [&str; 3] = ["rr1", "rr1k", "connect"];
 pub(crate) const RATE_CLIENTS: usize = 8;
 /// Connections of wrk and of ab.
 pub(crate) const HTTP_CONNECTIONS: usize = 50;
-/// Latency tests alternate direct and mesh in this many blocks per round, so that both see
-/// the same machine (on a VM, whether a wake-up crosses CPUs moves a 10 µs round trip to 40).
+/// Latency tests alternate the sides in this many blocks per round, so that all see the same
+/// machine (on a VM, whether a wake-up crosses CPUs moves a 10 µs round trip to 40).
 const LATENCY_BLOCKS: usize = 20;
 /// Idle connections opened at once before waiting for the server to have them all.
 const IDLE_BATCH: usize = 500;
@@ -43,6 +43,10 @@ pub(crate) struct Settings {
     pub(crate) exe: std::path::PathBuf,
     /// The node proxies' own binary (`ambit-node`), if any; else they run as `ambit node`.
     pub(crate) node_exe: Option<std::path::PathBuf>,
+    /// A stock ztunnel to measure beside Ambit (`ZTUNNEL_BIN`).
+    pub(crate) ztunnel: Option<std::path::PathBuf>,
+    /// What `ztunnel version` says of it.
+    pub(crate) ztunnel_version: Option<String>,
 }
 
 /// One client pod and the server pod it talks to.
@@ -52,17 +56,31 @@ pub(crate) struct Pair {
     pub(crate) servers: Servers,
 }
 
+/// Which path a measurement took: direct TCP, Ambit's node proxies (`Mesh`), or a stock
+/// ztunnel's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Side {
     Direct,
     Mesh,
+    Ztunnel,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Mesh => "Ambit",
+            Self::Ztunnel => "ztunnel",
+        }
+    }
 }
 
 /// The measurements taken so far.
 pub(crate) struct Suite {
     pub(crate) settings: Settings,
     pub(crate) errors: Vec<String>,
-    proxies: Vec<u32>,
+    /// The node proxies of each meshed side.
+    proxies: BTreeMap<Side, Vec<u32>>,
     /// Long-running servers (iperf3, the holders), whose CPU counts with the clients'.
     others: Vec<u32>,
     /// Per-round values (rates, CPU per unit, memory) by key and side.
@@ -114,7 +132,18 @@ impl Settings {
         } else {
             Some(env!("CARGO_BIN_EXE_ambit-node").into())
         };
+        let ztunnel = var("ZTUNNEL_BIN").map(std::path::PathBuf::from);
+        if let Some(path) = &ztunnel {
+            assert!(
+                path.is_file(),
+                "ZTUNNEL_BIN={} is not a file",
+                path.display()
+            );
+        }
+        let ztunnel_version = ztunnel.as_deref().map(crate::ztunnel_version);
         Self {
+            ztunnel,
+            ztunnel_version,
             seconds: number("AMBIT_BENCH_SECONDS", 4) as u64,
             rounds: number("AMBIT_BENCH_ROUNDS", 2).max(1),
             samples: number("AMBIT_BENCH_SAMPLES", 4000).max(10),
@@ -137,9 +166,14 @@ impl Settings {
     }
 
     pub(crate) fn describe(&self) -> String {
+        let sides = match &self.ztunnel_version {
+            Some(version) => format!("direct, Ambit and ztunnel ({version}) in rotating order"),
+            None => "direct and Ambit alternating (ztunnel column not run: ZTUNNEL_BIN unset)"
+                .to_owned(),
+        };
         format!(
-            "{} rounds, direct and mesh alternating; {} s per throughput and rate run; {} latency \
-             samples per round ({} for connect + echo + close); node proxies' log filter `{}`",
+            "{} rounds, {sides}; {} s per throughput and rate run; {} latency samples per side \
+             and round ({} for connect + echo + close); node proxies' log filter `{}`",
             self.rounds,
             self.seconds,
             self.samples,
@@ -158,12 +192,18 @@ impl Settings {
             "log": self.log,
             "exe": self.exe,
             "node_exe": self.node_exe,
+            "ztunnel": self.ztunnel,
+            "ztunnel_version": self.ztunnel_version,
         })
     }
 }
 
 impl Suite {
-    pub(crate) fn new(settings: Settings, proxies: Vec<u32>, others: Vec<u32>) -> Self {
+    pub(crate) fn new(
+        settings: Settings,
+        proxies: BTreeMap<Side, Vec<u32>>,
+        others: Vec<u32>,
+    ) -> Self {
         Self {
             settings,
             errors: Vec::new(),
@@ -175,57 +215,70 @@ impl Suite {
         }
     }
 
-    /// One exchange on each pair (the mesh's first fetches certificates and dials HBONE), then
+    /// One exchange on each pair (a mesh's first fetches certificates and dials HBONE), then
     /// the node proxies' memory before any load.
-    pub(crate) fn warm_up(&mut self, direct: &Pair, mesh: &Pair) {
-        for (pair, what) in [(direct, "direct"), (mesh, "mesh")] {
+    pub(crate) fn warm_up(&mut self, pairs: &[(Side, Pair)]) {
+        for (side, pair) in pairs {
             let addr = SocketAddr::from((pair.server, ECHO_PORT));
             let ok = wait_until(Duration::from_secs(30), || {
                 clients::connect_echo_close(&pair.client, addr, 1).is_ok()
             });
-            assert!(ok, "no echo over the {what} pair within 30 s");
+            assert!(ok, "no echo over the {} pair within 30 s", side.label());
         }
         self.rss("rss_idle");
     }
 
-    /// Every enabled test, `rounds` times, then the idle-connection test.
-    pub(crate) fn run(&mut self, direct: &Pair, mesh: &mut Pair) {
+    /// Every enabled test, `rounds` times, then the idle-connection test on each meshed side.
+    pub(crate) fn run(&mut self, pairs: &mut [(Side, Pair)]) {
         for round in 0..self.settings.rounds {
-            let meshed: &Pair = mesh;
-            let order = if round % 2 == 0 {
-                [(Side::Direct, direct), (Side::Mesh, meshed)]
-            } else {
-                [(Side::Mesh, meshed), (Side::Direct, direct)]
-            };
+            let mut order: Vec<(Side, &Pair)> = pairs.iter().map(|(s, p)| (*s, p)).collect();
+            let turn = round % order.len().max(1);
+            order.rotate_left(turn);
             for test in TESTS.iter().filter(|t| **t != "idle") {
                 if !self.settings.enabled(test) {
                     continue;
                 }
                 if LATENCY_TESTS.contains(test) {
-                    if let Err(e) = self.latency_round(test, direct, meshed) {
+                    if let Err(e) = self.latency_round(test, &order) {
                         let error = format!("{test} (round {round}): {e}");
                         eprintln!("  {error}");
                         self.errors.push(error);
                     }
                     continue;
                 }
-                for (side, pair) in order {
+                for &(side, pair) in &order {
                     if let Err(e) = self.one(test, side, pair) {
-                        let error = format!("{test} ({side:?}, round {round}): {e}");
+                        let error = format!("{test} ({}, round {round}): {e}", side.label());
                         eprintln!("  {error}");
                         self.errors.push(error);
                     }
                 }
             }
         }
-        if self.settings.enabled("idle")
-            && let Err(e) = self.idle(mesh)
-        {
-            eprintln!("  idle: {e}");
-            self.errors.push(format!("idle: {e}"));
+        if self.settings.enabled("idle") {
+            for (side, pair) in pairs.iter_mut().filter(|(s, _)| *s != Side::Direct) {
+                if let Err(e) = self.idle(*side, pair) {
+                    eprintln!("  idle ({}): {e}", side.label());
+                    self.errors.push(format!("idle ({}): {e}", side.label()));
+                }
+            }
         }
         std::thread::sleep(Duration::from_secs(1));
         self.rss("rss_after");
+    }
+
+    /// A meter of the CPU time `side` uses: its node proxies, and (for "all") every process
+    /// taking part, including the other sides' idle proxies.
+    fn meter(&self, side: Side) -> Meter {
+        let own = self.proxies.get(&side).cloned().unwrap_or_default();
+        let mut others = self.others.clone();
+        others.extend(
+            self.proxies
+                .iter()
+                .filter(|(s, _)| **s != side)
+                .flat_map(|(_, pids)| pids.iter().copied()),
+        );
+        Meter::start(&own, &others)
     }
 
     fn one(&mut self, test: &str, side: Side, pair: &Pair) -> std::io::Result<()> {
@@ -233,26 +286,30 @@ impl Suite {
         let echo = SocketAddr::from((pair.server, ECHO_PORT));
         let url = format!("http://{}:{HTTP_PORT}/", pair.server);
         let client = &pair.client;
-        let meter = Meter::start(&self.proxies, &self.others);
+        let meshed = side != Side::Direct;
+        let label = side.label();
+        let meter = self.meter(side);
         match test {
             "stream1" | "stream8" => {
                 let streams = if test == "stream1" { 1 } else { 8 };
                 let iperf = SocketAddr::from((pair.server, IPERF_PORT));
                 let (bps, bytes) = clients::iperf3(client, iperf, streams, duration)?;
                 let cpu = meter.stop();
-                eprintln!("  {test:8} {side:?}: {:.2} Gbit/s", bps / 1e9);
+                eprintln!("  {test:8} {label}: {:.2} Gbit/s", bps / 1e9);
                 self.push(&format!("{test}_gbps"), side, bps / 1e9);
-                if test == "stream1" {
-                    let gb = bytes / 1e9;
-                    self.push("cpu_all_per_gb", side, cpu.all / gb);
-                    if side == Side::Mesh {
-                        self.push("cpu_proxies_per_gb", side, cpu.proxies / gb);
-                    }
+                let gb = bytes / 1e9;
+                self.push(&format!("cpu_all_per_gb_{test}"), side, cpu.all / gb);
+                if meshed {
+                    self.push(
+                        &format!("cpu_proxies_per_gb_{test}"),
+                        side,
+                        cpu.proxies / gb,
+                    );
                 }
             }
             "rate" => {
                 let rate = clients::connection_rate(client, echo, RATE_CLIENTS, duration)?;
-                eprintln!("  {test:8} {side:?}: {rate:.0} connections/s");
+                eprintln!("  {test:8} {label}: {rate:.0} connections/s");
                 self.push("rate_cps", side, rate);
             }
             "wrk" | "ab" => {
@@ -262,11 +319,11 @@ impl Suite {
                     clients::ab(client, &url, HTTP_CONNECTIONS, duration)?
                 };
                 let cpu = meter.stop();
-                eprintln!("  {test:8} {side:?}: {rps:.0} requests/s");
+                eprintln!("  {test:8} {label}: {rps:.0} requests/s");
                 self.push(&format!("{test}_rps"), side, rps);
                 let per_10k = done / 1e4;
                 self.push(&format!("cpu_all_per_10k_{test}"), side, cpu.all / per_10k);
-                if side == Side::Mesh {
+                if meshed {
                     self.push(
                         &format!("cpu_proxies_per_10k_{test}"),
                         side,
@@ -279,12 +336,11 @@ impl Suite {
         Ok(())
     }
 
-    /// One round of a latency test: `samples` on each side, in [`LATENCY_BLOCKS`] blocks
-    /// alternating between the sides.
-    fn latency_round(&mut self, test: &str, direct: &Pair, mesh: &Pair) -> std::io::Result<()> {
+    /// One round of a latency test: `samples` on each side, in [`LATENCY_BLOCKS`] blocks, the
+    /// sides taking turns within each block in an order that rotates from block to block.
+    fn latency_round(&mut self, test: &str, sides: &[(Side, &Pair)]) -> std::io::Result<()> {
         let per_block = (self.settings.samples / LATENCY_BLOCKS).max(1);
-        let sides = [(Side::Direct, direct), (Side::Mesh, mesh)];
-        let mut times: [Vec<Duration>; 2] = Default::default();
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); sides.len()];
         let mut conversations = Vec::new();
         if test != "connect" {
             let size = if test == "rr1" { 1 } else { 1024 };
@@ -294,7 +350,8 @@ impl Suite {
             }
         }
         for block in 0..LATENCY_BLOCKS {
-            for k in [block % 2, 1 - block % 2] {
+            for turn in 0..sides.len() {
+                let k = (block + turn) % sides.len();
                 let pair = sides[k].1;
                 let sample = match conversations.get_mut(k) {
                     Some(conversation) => conversation.sample(per_block)?,
@@ -306,15 +363,15 @@ impl Suite {
                 times[k].extend(sample);
             }
         }
-        let [direct_times, mesh_times] = times;
-        self.report_samples(test, Side::Direct, direct_times);
-        self.report_samples(test, Side::Mesh, mesh_times);
+        for ((side, _), samples) in sides.iter().zip(times) {
+            self.report_samples(test, *side, samples);
+        }
         Ok(())
     }
 
-    /// Opens idle connections through the mesh up to each count of the settings and records
-    /// the node proxies' memory at each; then closes them all.
-    fn idle(&mut self, mesh: &mut Pair) -> std::io::Result<()> {
+    /// Opens idle connections through one meshed side up to each count of the settings and
+    /// records its node proxies' memory at each; then closes them all.
+    fn idle(&mut self, side: Side, mesh: &mut Pair) -> std::io::Result<()> {
         let addr = SocketAddr::from((mesh.server, HOLD_PORT));
         let mut open = Vec::new();
         for &count in &self.settings.idle.clone() {
@@ -333,32 +390,52 @@ impl Suite {
                 }
             }
             std::thread::sleep(Duration::from_secs(1));
-            eprintln!("  idle     Mesh: {count} connections open");
-            self.rss(&format!("rss_{count}"));
+            eprintln!("  idle     {}: {count} connections open", side.label());
+            self.rss_of(side, &format!("rss_{count}"));
         }
         drop(open);
         mesh.servers.release_held();
+        // Let the proxies see the closes before the next side's measurement.
+        std::thread::sleep(Duration::from_secs(1));
         Ok(())
     }
 
+    /// Every meshed side's node-proxy memory under `key`.
     fn rss(&mut self, key: &str) {
-        let each: Vec<f64> = self.proxies.iter().map(|p| probe::rss_mb(*p)).collect();
+        let sides: Vec<Side> = self.proxies.keys().copied().collect();
+        for side in sides {
+            self.rss_of(side, key);
+        }
+    }
+
+    /// The larger of `side`'s two node proxies' RSS under `key`, both in the figure's note.
+    fn rss_of(&mut self, side: Side, key: &str) {
+        let pids = self.proxies.get(&side).cloned().unwrap_or_default();
+        let each: Vec<f64> = pids.iter().map(|p| probe::rss_mb(*p)).collect();
         let note = each
             .iter()
-            .zip(["node-a", "node-b"])
+            .zip(["client node", "server node"])
             .map(|(mb, node)| format!("{node} {mb:.1}"))
             .collect::<Vec<_>>()
             .join(", ");
-        self.notes.insert(key.to_owned(), note);
+        let text = format!("{}: {note}", side.label());
+        self.notes
+            .entry(key.to_owned())
+            .and_modify(|n| {
+                n.push_str("; ");
+                n.push_str(&text);
+            })
+            .or_insert(text);
         let max = each.iter().copied().fold(0.0, f64::max);
-        self.push(key, Side::Mesh, max);
+        self.push(key, side, max);
     }
 
     fn report_samples(&mut self, test: &str, side: Side, times: Vec<std::time::Duration>) {
         let mut sorted = times.clone();
         sorted.sort();
         eprintln!(
-            "  {test:8} {side:?}: p50 {:.1} µs",
+            "  {test:8} {}: p50 {:.1} µs",
+            side.label(),
             probe::percentile_us(&sorted, 0.5).unwrap_or(0.0)
         );
         if let Some(dir) = std::env::var_os("AMBIT_BENCH_SAMPLES_DIR") {
