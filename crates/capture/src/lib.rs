@@ -9,6 +9,8 @@
 //! pods that ran before it through [`discovery`]. [`install`] puts the plugin on the node:
 //! the binary into the CNI bin folder and the plugin into the node's CNI configuration.
 //!
+//! [`app::run`] is the agent's whole run, start to exit, that `ambit cni` calls.
+//!
 //! ```text
 //! runtime ─CNI─► plugin ─unix socket─► agent ─nft/iptables─► pod netns
 //!                                        └──ZDS (netns fd)──► node proxy
@@ -16,6 +18,7 @@
 //! ```
 
 pub mod agent;
+pub mod app;
 pub mod discovery;
 pub mod enrollment;
 pub mod install;

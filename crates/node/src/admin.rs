@@ -13,27 +13,18 @@
 //! server can stop the process and raise log levels, so [`serve_admin`] refuses any address
 //! that is not loopback.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-
+use ambit_app::http::{self, BindError, Method, Reply, Route, StatusCode};
 use ambit_proto::ports;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
 
 use crate::telemetry::{Metrics, Telemetry};
+
+pub use ambit_app::http::Server;
 
 /// ztunnel's admin address: loopback only.
 pub const DEFAULT_ADMIN_ADDR: SocketAddr =
@@ -109,35 +100,10 @@ impl fmt::Debug for Admin {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
-    #[error("cannot listen for the {server} server on {addr}")]
-    Bind {
-        server: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("the admin server listens on loopback only, not on {0}")]
     NotLoopback(SocketAddr),
-}
-
-/// A running server: its bound address and the task serving it (which runs until aborted or
-/// the runtime stops; dropping this handle does not stop it).
-#[derive(Debug)]
-pub struct Server {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    /// The bound address (useful when asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting connections.
-    pub fn abort(&self) {
-        self.task.abort();
-    }
 }
 
 /// Serves `/stats/prometheus` and `/metrics` from `metrics` on `addr`.
@@ -306,103 +272,17 @@ fn percent_decode(s: &str) -> Option<String> {
 
 // === HTTP plumbing ===
 
-/// What a route answers.
-struct Reply {
-    status: StatusCode,
-    content_type: &'static str,
-    body: Bytes,
-    allow: Option<&'static str>,
-}
-
-impl Reply {
-    fn new(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
-        let (body, allow) = (body.into(), None);
-        Self {
-            status,
-            content_type,
-            body,
-            allow,
-        }
-    }
-
-    fn text(status: StatusCode, body: impl Into<String>) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", body.into())
-    }
-
-    fn json(value: &serde_json::Value) -> Self {
-        // Serializing a `Value` cannot fail: its map keys are strings.
-        let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-        Self::new(StatusCode::OK, "application/json", body)
-    }
-
-    fn not_found(path: &str) -> Self {
-        Self::text(StatusCode::NOT_FOUND, format!("no endpoint {path}\n"))
-    }
-
-    fn method_not_allowed(allow: &'static str) -> Self {
-        let mut reply = Self::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("allowed: {allow}\n"),
-        );
-        reply.allow = Some(allow);
-        reply
-    }
-}
-
+/// Serves `route` on `addr`, answering 405 to anything but GET and POST before it is asked.
 async fn spawn<F>(server: &'static str, addr: SocketAddr, route: F) -> Result<Server, AdminError>
 where
     F: Fn(&Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
 {
-    let bind_error = |source| AdminError::Bind {
-        server,
-        addr,
-        source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
-    info!(%local_addr, "{server} server listening");
-    let route = Arc::new(route);
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    debug!(error = %e, "{server} accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let route = route.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let reply = if req.method() == Method::GET || req.method() == Method::POST {
-                        route(req.method(), req.uri().path(), req.uri().query())
-                    } else {
-                        Reply::method_not_allowed("GET, POST")
-                    };
-                    std::future::ready(Ok::<_, Infallible>(into_response(reply)))
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    debug!(%peer, error = %e, "{server} connection ended with an error");
-                }
-            });
+    let route: Route = Arc::new(move |method: &Method, path: &str, query: Option<&str>| {
+        if method == Method::GET || method == Method::POST {
+            route(method, path, query)
+        } else {
+            Reply::method_not_allowed("GET, POST")
         }
     });
-    Ok(Server { local_addr, task })
-}
-
-fn into_response(reply: Reply) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(reply.body));
-    *response.status_mut() = reply.status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(reply.content_type),
-    );
-    if let Some(allow) = reply.allow {
-        headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
-    }
-    response
+    Ok(http::spawn(server, addr, route).await?)
 }

@@ -12,6 +12,8 @@
 //!
 //! Where things are (data path):
 //!
+//! - [`app`]: the run, start to exit: the proxy, its servers, shutdown on SIGTERM, SIGINT or
+//!   `/quitquitquit`, and the drain (what the binaries call).
 //! - [`config`]: [`NodeConfig`], what `ambit node` is told.
 //! - [`proxy`]: [`NodeProxy`] (start, drain), the listeners, the outbound and inbound
 //!   passthrough paths, and [`proxy::authorize`], where policy is decided.
@@ -27,6 +29,7 @@
 //! - [`telemetry`], [`admin`]: access logs, metrics, and the admin/stats/readiness servers.
 
 pub mod admin;
+pub mod app;
 pub mod telemetry;
 
 // Data path.

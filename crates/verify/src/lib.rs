@@ -9,6 +9,8 @@
 //! - **the node proxies**: their `/config_dump` (which workloads exist, which are enrolled,
 //!   their identities), their Istio L4 metrics and their access logs ([`admin`]).
 //!
+//! [`run::gather`] is `ambit verify`'s whole run without its flags.
+//!
 //! The report lists every kind of connection with its source and destination, identities,
 //! whether it was mutual TLS and how many bytes it carried; it fails when an enrolled workload's
 //! connection crossed the wire in plaintext. Flows to or from addresses that are not workloads
@@ -20,6 +22,7 @@ pub mod capture;
 pub mod flows;
 pub mod pcap;
 pub mod report;
+pub mod run;
 
 #[cfg(test)]
 mod testing;

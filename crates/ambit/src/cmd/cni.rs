@@ -1,5 +1,6 @@
-//! `ambit cni`: run the capture agent (istio-cni's node agent), and `ambit cni plugin`: the CNI
-//! plugin a container runtime invokes.
+//! `ambit cni`: the capture agent's flags (istio-cni's node agent), handed to
+//! [`ambit_capture::app::run`]; and `ambit cni plugin`: the CNI plugin a container runtime
+//! invokes.
 //!
 //! The agent follows the control plane's WDS to learn which pods on this node are enrolled,
 //! takes pod events from the plugin on `--plugin-socket`, installs redirection rules in each
@@ -10,29 +11,17 @@
 //! settings default to Istio's, so a node proxy (ours or ztunnel) finds the agent where it
 //! looks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use ambit_capture::enrollment::WdsEnrollmentConfig;
-use ambit_capture::install::{InstallConfig, InstallWatch, Installer};
-use ambit_capture::plugin::EventServer;
-use ambit_capture::zds::ZdsConfig;
-use ambit_capture::{
-    Agent, AgentConfig, BackendChoice, DiscoveryConfig, Enrollment, Rules, WdsEnrollment,
-};
+use ambit_app::Shutdown;
+use ambit_capture::BackendChoice;
+use ambit_capture::app::{AppConfig, InstallOptions};
 use ambit_identity::TrustDomain;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::cmd::control_plane::ControlPlaneArgs;
-
-/// How long the agent waits for the control plane's first answer before taking plugin events
-/// anyway. Until then a pod's ADD fails with "try again later" and the runtime retries it, so
-/// pods do not start uncaptured; past it, the control plane being down must not stop every
-/// pod on the node from starting (it may be one of them).
-const ENROLLMENT_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub(crate) struct CniArgs {
@@ -165,124 +154,33 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         (_, true) => BackendChoice::Iptables,
         _ => BackendChoice::Auto,
     };
-    let rules = Rules::new(backend).context("cannot write redirection rules on this host")?;
-
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let enrollment = WdsEnrollment::new(WdsEnrollmentConfig {
-            node_name: node_name.clone(),
-            cluster_id: args.cluster_id.clone(),
-            trust_domain: args.trust_domain.clone(),
-        });
-        // The same channel and token as the node proxy's.
-        let control_plane = args.control_plane.wds();
-        let channel = control_plane.channel()?;
-        let wds = enrollment.start(channel, control_plane.bearer_token());
-        let mut config = AgentConfig::new(
-            &args.state_dir,
-            ZdsConfig::new(&args.zds_socket),
-            rules.clone(),
-        );
-        if let Some(procfs) = &args.procfs {
-            config.discovery = Some(DiscoveryConfig::new(procfs));
-        }
-        config.host_root = args.host_root.clone().or_else(|| {
-            Path::new(ambit_capture::discovery::HOST_PROCFS)
-                .is_dir()
-                .then(|| PathBuf::from("/host"))
-        });
-        let agent = Agent::start(config, Arc::new(enrollment.clone()))
-            .await
-            .context("cannot start the capture agent")?;
-
-        wait_for_sync(&enrollment).await;
-        let events = EventServer::bind(&args.plugin_socket).with_context(|| {
-            format!(
-                "cannot listen for the CNI plugin on {}",
-                args.plugin_socket.display()
-            )
-        })?;
-        let serving = tokio::spawn(events.serve(Arc::new(agent.clone())));
-        // Only now: the runtime calls the plugin as soon as it is chained, and the plugin must
-        // find the agent listening.
-        let installed = install_cni(&args.install, &args.plugin_socket)?;
-        tracing::info!(
-            node = %node_name,
-            backend = ?rules.backend(),
-            zds = %args.zds_socket.display(),
-            plugin = %args.plugin_socket.display(),
-            "capture agent started"
-        );
-
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot watch SIGTERM")?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        }
-        // Captured pods keep their rules and the node proxy keeps serving them; the next agent
-        // picks them up from the state file.
-        if let Some(installed) = installed {
-            let uninstall = args.install.uninstall_on_exit;
-            if let Err(e) = installed.stop(uninstall).await {
-                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot remove the CNI plugin");
-            }
-        }
-        serving.abort();
-        wds.shutdown();
-        agent.shutdown().await;
-        Ok(())
-    })
-}
-
-/// With `--install-cni`: copies the binary (a failure stops the agent: pods on this node could
-/// never be captured) and starts keeping the plugin chained in the configuration (retried until
-/// the network plugin has written one).
-fn install_cni(args: &InstallArgs, plugin_socket: &Path) -> anyhow::Result<Option<InstallWatch>> {
-    if !args.install_cni {
-        return Ok(None);
-    }
-    let mut config = InstallConfig::new(&args.cni_bin_dir, &args.cni_conf_dir, plugin_socket)
-        .context("cannot find the running binary to install as the CNI plugin")?;
-    config.conf_name = args.cni_conf_name.clone().filter(|name| !name.is_empty());
-    config.exclude_namespaces = args.exclude_namespaces.clone();
-    let installer = Installer::new(config);
-    installer
-        .ensure_binary()
-        .context("cannot install the CNI plugin binary")?;
-    tracing::info!(
-        binary = %installer.binary_path().display(),
-        conf_dir = %args.cni_conf_dir.display(),
-        "CNI plugin binary installed; chaining the plugin into the network configuration"
-    );
-    Ok(Some(installer.watch()))
-}
-
-/// Waits until the enrollment source has the control plane's full view, at most
-/// [`ENROLLMENT_SYNC_WAIT`].
-async fn wait_for_sync(enrollment: &WdsEnrollment) {
-    let mut changes = enrollment.changes();
-    let synced = async {
-        while !enrollment.synced() {
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+    let install = args.install;
+    let config = AppConfig {
+        node_name,
+        cluster_id: args.cluster_id,
+        trust_domain: args.trust_domain,
+        control_plane: args.control_plane.wds(),
+        backend,
+        state_dir: args.state_dir,
+        zds_socket: args.zds_socket,
+        plugin_socket: args.plugin_socket,
+        procfs: args.procfs,
+        host_root: args.host_root,
+        install: install.install_cni.then_some(InstallOptions {
+            cni_bin_dir: install.cni_bin_dir,
+            cni_conf_dir: install.cni_conf_dir,
+            conf_name: install.cni_conf_name,
+            exclude_namespaces: install.exclude_namespaces,
+            uninstall_on_exit: install.uninstall_on_exit,
+        }),
     };
-    if tokio::time::timeout(ENROLLMENT_SYNC_WAIT, synced)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            wait = ?ENROLLMENT_SYNC_WAIT,
-            "no enrollment from the control plane yet; taking pod events anyway (pods are captured once it answers)"
-        );
-    }
+    ambit_app::runtime::block_on(None, ambit_capture::app::run(config, Shutdown::new()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::Parser;
 
     use super::*;

@@ -1,15 +1,16 @@
-//! `ambit control`: run the control plane (istiod's ambient subset).
+//! `ambit control`: the control plane's flags (istiod's ambient subset), handed to
+//! [`ambit_control::app::run`].
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ambit_control::{ControlConfig, ControlPlane, SourceConfig};
+use ambit_app::Shutdown;
+use ambit_control::{ControlConfig, SourceConfig};
 use ambit_identity::TrustDomain;
 use ambit_model::MeshConfig;
 use ambit_proto::ports;
-use anyhow::Context;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -113,20 +114,7 @@ pub(crate) fn run(args: ControlArgs) -> anyhow::Result<()> {
         debounce: Duration::from_millis(args.debounce_ms),
         serving_names,
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let control = ControlPlane::start(config)
-            .await
-            .context("cannot start the control plane")?;
-        tokio::select! {
-            () = control.wait() => anyhow::bail!("the control plane stopped"),
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("cannot wait for Ctrl-C")?;
-                tracing::info!("interrupted; stopping");
-                Ok(())
-            }
-        }
-    })
+    ambit_app::runtime::block_on(None, ambit_control::app::run(config, Shutdown::new()))
 }
 
 /// A listen address, or `off`.

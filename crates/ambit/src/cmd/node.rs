@@ -1,4 +1,4 @@
-//! `ambit node`: run the node proxy (ztunnel's role).
+//! `ambit node`: the node proxy's flags (ztunnel's role), handed to [`ambit_node::app::run`].
 //!
 //! Settings follow ztunnel's environment variables where the concept is the same
 //! (`XDS_ADDRESS`, `CA_ADDRESS`, `NODE_NAME`, `CLUSTER_ID`, …), so the DaemonSet of Istio's chart
@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_app::Shutdown;
 use ambit_identity::TrustDomain;
-use ambit_node::admin::{self, Admin, LogControl};
+use ambit_node::NodeConfig;
+use ambit_node::admin::LogControl;
+use ambit_node::app::AppConfig;
 use ambit_node::config::{CertificateSource, ConfigSource, InPodConfig, ListenerConfig};
 use ambit_node::telemetry::{LogFormat, Metrics, Telemetry};
-use ambit_node::{NodeConfig, NodeProxy};
 use ambit_proto::ports;
-use anyhow::Context;
 use clap::Args;
 
 use crate::cmd::control::{Listen, parse_addr};
@@ -115,9 +116,8 @@ pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Re
         ),
         (None, None) => CertificateSource::ControlPlane(control_plane.wds()),
     };
-    let metrics = Arc::new(Metrics::new());
     let telemetry = Telemetry::new(
-        metrics.clone(),
+        Arc::new(Metrics::new()),
         if json_logs {
             LogFormat::Json
         } else {
@@ -144,47 +144,19 @@ pub(crate) fn run(args: NodeArgs, log: LogHandle, json_logs: bool) -> anyhow::Re
             ..InPodConfig::new(args.inpod_uds.clone())
         });
     }
-    config.telemetry = telemetry.clone();
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(args.worker_threads))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let proxy = NodeProxy::start(config).await.context("cannot start the node proxy")?;
-        let shutdown = Arc::new(tokio::sync::Notify::new());
-        let mut servers = Vec::new();
-        if let Some(addr) = args.stats_addr.0 {
-            servers.push(admin::serve_stats(addr, metrics.clone()).await?);
-        }
-        if let Some(addr) = args.readiness_addr.0 {
-            let view = proxy.admin_view();
-            servers.push(admin::serve_readiness(addr, Arc::new(move || view.readiness())).await?);
-        }
-        if let Some(addr) = args.admin_addr.0 {
-            let view = proxy.admin_view();
-            let (current, set) = (log.clone(), log.clone());
-            let admin = Admin {
-                telemetry: telemetry.clone(),
-                config_dump: Arc::new(move || view.config_dump()),
-                logging: LogControl::new(move || current.current(), move |filter| set.set(filter)),
-                shutdown: shutdown.clone(),
-            };
-            servers.push(admin::serve_admin(addr, admin).await?);
-        }
-        tracing::info!(node = %args.node_name, servers = ?servers.iter().map(|s| s.local_addr()).collect::<Vec<_>>(), "node proxy started");
-
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
-            () = shutdown.notified() => tracing::info!("/quitquitquit: draining"),
-        }
-        let aborted = proxy.drain(Duration::from_secs(args.drain_seconds)).await;
-        tracing::info!(aborted, "drained; exiting");
-        Ok(())
-    })
+    config.telemetry = telemetry;
+    let (current, set) = (log.clone(), log);
+    let app = AppConfig {
+        proxy: config,
+        stats_addr: args.stats_addr.0,
+        readiness_addr: args.readiness_addr.0,
+        admin_addr: args.admin_addr.0,
+        logging: LogControl::new(move || current.current(), move |filter| set.set(filter)),
+    };
+    ambit_app::runtime::block_on(
+        Some(worker_threads(args.worker_threads)),
+        ambit_node::app::run(app, Shutdown::new()),
+    )
 }
 
 /// The data-path thread count: as asked, else 2 capped by the CPUs this process may use.

@@ -1,4 +1,5 @@
-//! `ambit verify`: proof that enrolled workloads' connections are carried over mutual TLS.
+//! `ambit verify`: proof that enrolled workloads' connections are carried over mutual TLS; the
+//! flags, handed to [`ambit_verify::run::gather`], and the report printed.
 //!
 //! Reads the node proxies' config dumps (which workloads exist and which are enrolled), L4
 //! metrics and access logs, optionally captures packets inside pods' network namespaces (with
@@ -9,16 +10,12 @@
 //! one did (the error names it, after the table) or when the evidence could not be gathered.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ambit_proto::ports;
-use ambit_verify::admin::{self, ConfigDump, TcpMetrics};
-use ambit_verify::capture::{self, CaptureSpec};
-use ambit_verify::flows;
-use ambit_verify::pcap::{self, Segment};
-use ambit_verify::report::{Evidence, Inventory, Report};
-use anyhow::{Context, bail};
+use ambit_verify::run::Sources;
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 /// Where a node proxy's admin server listens when no source of evidence is named.
@@ -98,90 +95,18 @@ pub(crate) fn run(mut args: VerifyArgs) -> anyhow::Result<()> {
         args.admin.push(DEFAULT_ADMIN);
         args.stats.push(DEFAULT_STATS);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-
-    let mut dumps = Vec::new();
-    for addr in &args.admin {
-        let dump = runtime
-            .block_on(admin::fetch_config_dump(*addr))
-            .with_context(|| format!("cannot read the config dump of the node proxy at {addr}"))?;
-        dumps.push(dump);
-    }
-    for path in &args.config_dump {
-        dumps.push(read_config_dump(path)?);
-    }
-    let mut warnings: Vec<String> = dumps
-        .iter()
-        .flat_map(|d| &d.skipped)
-        .map(|s| format!("config dump: skipped {s}"))
-        .collect();
-    let inventory = Inventory::new(&dumps);
-
-    // Capture before reading metrics, so the counters include the captured window.
-    let mut files = args.pcap.clone();
-    let _capture_dir = match args.capture {
-        Some(seconds) => {
-            let (dir, captured) = run_captures(&args, Duration::from_secs(seconds))?;
-            for summary in &captured {
-                if summary.truncated > 0 {
-                    warnings.push(format!(
-                        "capture on {}: {} packet(s) longer than {} bytes were cut to that length",
-                        summary.what,
-                        summary.truncated,
-                        capture::SNAP_LEN
-                    ));
-                }
-                files.push(summary.output.clone());
-            }
-            Some(dir)
-        }
-        None => None,
-    };
-
-    let mut metrics = None;
-    for addr in &args.stats {
-        let m = runtime
-            .block_on(admin::fetch_metrics(*addr))
-            .with_context(|| format!("cannot read the metrics of the node proxy at {addr}"))?;
-        metrics.get_or_insert_with(TcpMetrics::default).merge(m);
-    }
-
-    let mut access_logs = None;
-    for path in &args.access_log {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the access log {}", path.display()))?;
-        access_logs
-            .get_or_insert_with(TcpMetrics::default)
-            .merge(admin::parse_access_log(&text));
-    }
-
-    let mut segments: Vec<Segment> = Vec::new();
-    for path in &files {
-        let trace = pcap::read_file(path)
-            .with_context(|| format!("cannot analyse the capture {}", path.display()))?;
-        if let Some(first) = trace.malformed.first() {
-            warnings.push(format!(
-                "{}: {} packet(s) could not be decoded, first {first}: {}",
-                path.display(),
-                trace.malformed.len(),
-                first.error
-            ));
-        }
-        segments.extend(trace.segments);
-    }
-    let flows = (!files.is_empty()).then(|| flows::assemble(&segments));
-
-    let mut report = Report::build(Evidence {
-        inventory: Some(&inventory),
-        flows: flows.as_deref(),
-        metrics: metrics.as_ref(),
-        access_logs: access_logs.as_ref(),
-        find: &args.find,
-    });
-    report.warnings.extend(warnings);
+    let report = ambit_verify::run::gather(&Sources {
+        admin: args.admin,
+        config_dump: args.config_dump,
+        stats: args.stats,
+        access_log: args.access_log,
+        capture: args.capture.map(Duration::from_secs),
+        capture_netns: args.capture_netns,
+        interface: args.interface,
+        capture_dir: args.capture_dir,
+        pcap: args.pcap,
+        find: args.find,
+    })?;
     match args.output {
         Output::Table => print!("{}", report.render_text()),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -191,86 +116,6 @@ pub(crate) fn run(mut args: VerifyArgs) -> anyhow::Result<()> {
         bail!("{count} connection(s) of enrolled workloads crossed the wire in plaintext");
     }
     Ok(())
-}
-
-/// Runs one capture per namespace for `duration`; the directory holding the files (kept alive
-/// by the caller if temporary) and what each wrote.
-fn run_captures(
-    args: &VerifyArgs,
-    duration: Duration,
-) -> anyhow::Result<(CaptureDir, Vec<capture::CaptureSummary>)> {
-    let dir = match &args.capture_dir {
-        Some(path) => {
-            std::fs::create_dir_all(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            CaptureDir::Kept(path.clone())
-        }
-        None => CaptureDir::Temporary(
-            tempfile::Builder::new()
-                .prefix("ambit-verify-")
-                .tempdir()
-                .context("cannot create a temporary directory for the captures")?,
-        ),
-    };
-    let netns: Vec<Option<&PathBuf>> = if args.capture_netns.is_empty() {
-        vec![None]
-    } else {
-        args.capture_netns.iter().map(Some).collect()
-    };
-    let interface = args.interface.clone().unwrap_or_else(|| {
-        if args.capture_netns.is_empty() {
-            "any"
-        } else {
-            "eth0"
-        }
-        .to_owned()
-    });
-    let mut running = Vec::new();
-    for (i, ns) in netns.into_iter().enumerate() {
-        let output = dir.path().join(format!("capture-{i}-{interface}.pcap"));
-        let mut spec = CaptureSpec::tcp(&interface, output);
-        if let Some(path) = ns {
-            spec = spec.in_netns_at(path)?;
-        }
-        let what = spec.describe();
-        let capture = capture::start(spec)?;
-        eprintln!(
-            "capturing TCP on {what} for {duration:?} (kernel receive buffer {} KiB)",
-            capture.receive_buffer() / 1024
-        );
-        running.push(capture);
-    }
-    std::thread::sleep(duration);
-    let summaries = running
-        .into_iter()
-        .map(capture::RunningCapture::stop)
-        .collect::<Result<Vec<_>, _>>()?;
-    if let CaptureDir::Kept(path) = &dir {
-        eprintln!("capture files kept in {}", path.display());
-    }
-    Ok((dir, summaries))
-}
-
-/// Where capture files go: a directory the user named, or a temporary one.
-#[derive(Debug)]
-enum CaptureDir {
-    Kept(PathBuf),
-    Temporary(tempfile::TempDir),
-}
-
-impl CaptureDir {
-    fn path(&self) -> &Path {
-        match self {
-            Self::Kept(path) => path,
-            Self::Temporary(dir) => dir.path(),
-        }
-    }
-}
-
-fn read_config_dump(path: &Path) -> anyhow::Result<ConfigDump> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config dump {}", path.display()))?;
-    ConfigDump::parse(&text).with_context(|| format!("{} is not a config dump", path.display()))
 }
 
 #[cfg(test)]

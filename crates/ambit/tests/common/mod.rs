@@ -10,10 +10,12 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ambit_testkit::LoopbackAddrs;
+pub(crate) use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
 
 /// The bootstrap token each node proxy presents to the control plane.
 const TOKENS: [(&str, &str); 2] = [
@@ -127,6 +129,16 @@ impl Mesh {
         self.dir.path().join(format!("{process}.log"))
     }
 
+    /// Sends `signal` to `control`, `node-a` or `node-b` and waits (at most 20 s) for it to
+    /// exit; its exit status.
+    pub(crate) fn stop(&mut self, process: &str, signal: Signal) -> ExitStatus {
+        let index = ["control", "node-a", "node-b"]
+            .iter()
+            .position(|p| *p == process)
+            .unwrap_or_else(|| panic!("no process {process}"));
+        self.processes[index].stop(signal)
+    }
+
     /// The control plane's monitoring listener (`/ready`, `/metrics`).
     pub(crate) fn monitoring(&self) -> SocketAddr {
         SocketAddr::new(self.control_ip.into(), 15014)
@@ -192,6 +204,28 @@ impl Running {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", command.get_program()));
         Self(child)
+    }
+}
+
+impl Running {
+    /// Sends `signal` and waits (at most 20 s) for the process to exit; its exit status.
+    pub(crate) fn stop(&mut self, signal: Signal) -> ExitStatus {
+        let pid = i32::try_from(self.0.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .unwrap();
+        kill_process(pid, signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 20 s after {signal:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
