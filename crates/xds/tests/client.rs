@@ -9,7 +9,7 @@ use std::time::Duration;
 use ambit_proto::envoy::config::core::v3::Node;
 use ambit_testkit::eventually;
 use ambit_xds::client::{ClientConfig, ClientHandle, Subscription, XdsClient};
-use ambit_xds::server::{AdsServer, Authenticator, ClientId, Store};
+use ambit_xds::server::{AdsServer, Authenticator, ClientId, MAX_REQUEST_BYTES, Store};
 use common::{ADDRESS, Recorder, Relay, TestServer, connector, workload, workloads};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -140,7 +140,7 @@ async fn reconnect_resends_only_what_changed() {
     let recorder = Arc::new(Recorder::default());
     let handle = spawn(relay.addr, "roamer", &recorder);
     eventually!(observe = recorder.with(|r| r.resources.len()), |n| n == 20);
-    // An on-demand name subscribed on the live stream is remembered for the next one.
+    // An on-demand name the server reports absent is forgotten: the next stream does not ask.
     handle.subscribe(ADDRESS, ["/10.9.9.9"]);
     eventually!(observe = recorder.with(|r| r.updates.len()), |n| n == 2);
 
@@ -177,8 +177,8 @@ async fn reconnect_resends_only_what_changed() {
     );
     assert_eq!(
         after.removals,
-        ["/10.9.9.9"],
-        "the on-demand name was asked again"
+        Vec::<String>::new(),
+        "the absent on-demand name was not asked again"
     );
     assert_eq!(server.stats.resources_pushed_total() - pushed_before, 1);
     assert_eq!(
@@ -224,4 +224,171 @@ async fn bearer_token_gates_the_stream() {
     assert!(!bad_handle.connected());
     assert!(bad.with(|r| r.updates.is_empty()));
     assert_eq!(server.stats.connected_clients(), 1);
+}
+
+/// How many accepted updates upserted `name`.
+fn upserts_of(recorder: &Recorder, name: &str) -> usize {
+    recorder.with(|r| {
+        r.updates
+            .iter()
+            .filter(|u| u.upserts.iter().any(|x| x.name == name))
+            .count()
+    })
+}
+
+/// How many accepted updates removed `name`.
+fn removals_of(recorder: &Recorder, name: &str) -> usize {
+    recorder.with(|r| {
+        r.updates
+            .iter()
+            .filter(|u| u.removals.iter().any(|x| x == name))
+            .count()
+    })
+}
+
+const POD: [&str; 3] = [
+    "Kubernetes//Pod/default/pod-0",
+    "Kubernetes//Pod/default/pod-1",
+    "Kubernetes//Pod/default/pod-2",
+];
+
+/// On-demand names are bounded (security review M1): past the cap, the name asked for longest
+/// ago is unsubscribed, so its resource's changes stop coming; a name the server reports absent
+/// is forgotten, so asking again asks the server again.
+#[tokio::test]
+async fn on_demand_names_are_capped_and_absent_ones_forgotten() {
+    let store = Store::new();
+    store.replace_all(ADDRESS, workloads(3, "v1"));
+    let server = TestServer::with_store(store.clone()).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut named = config("capped", Subscription::Names(Vec::new()));
+    named.on_demand_max = 2;
+    let handle = XdsClient::spawn(connector(server.addr), named, recorder.clone());
+    eventually!(handle.connected());
+
+    for (ip, pod) in [
+        ("/10.0.0.2", POD[1]),
+        ("/10.0.0.3", POD[2]),
+        ("/10.0.0.1", POD[0]),
+    ] {
+        handle.subscribe(ADDRESS, [ip]);
+        eventually!(observe = upserts_of(&recorder, pod), |n| n == 1);
+    }
+    // `/10.0.0.2` made room for `/10.0.0.1`: pod-1's change no longer comes, pod-2's does.
+    store.apply(
+        ADDRESS,
+        vec![
+            workload(POD[1], Ipv4Addr::new(10, 0, 0, 2), "v2"),
+            workload(POD[2], Ipv4Addr::new(10, 0, 0, 3), "v2"),
+        ],
+        vec![],
+    );
+    eventually!(observe = upserts_of(&recorder, POD[2]), |n| n == 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        upserts_of(&recorder, POD[1]),
+        1,
+        "an evicted name still gets updates"
+    );
+
+    // Absent: reported, forgotten, and asked for again when asked again.
+    handle.subscribe(ADDRESS, ["/10.9.9.9"]);
+    eventually!(observe = removals_of(&recorder, "/10.9.9.9"), |n| n == 1);
+    handle.subscribe(ADDRESS, ["/10.9.9.9"]);
+    eventually!(observe = removals_of(&recorder, "/10.9.9.9"), |n| n == 2);
+}
+
+/// An on-demand name not asked for within its time to live is unsubscribed (security review M1),
+/// and asking for it later subscribes it afresh.
+#[tokio::test]
+async fn unused_on_demand_names_are_forgotten() {
+    let store = Store::new();
+    store.replace_all(ADDRESS, workloads(3, "v1"));
+    let server = TestServer::with_store(store.clone()).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut named = config("ttl", Subscription::Names(Vec::new()));
+    named.on_demand_ttl = Duration::from_millis(300);
+    let handle = XdsClient::spawn(connector(server.addr), named, recorder.clone());
+    eventually!(handle.connected());
+
+    handle.subscribe(ADDRESS, ["/10.0.0.2"]);
+    eventually!(observe = upserts_of(&recorder, POD[1]), |n| n == 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    store.apply(
+        ADDRESS,
+        vec![workload(POD[1], Ipv4Addr::new(10, 0, 0, 2), "v2")],
+        vec![],
+    );
+    // A later subscription as a barrier: its answer comes after any push of pod-1's change.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.subscribe(ADDRESS, ["/10.0.0.3"]);
+    eventually!(observe = upserts_of(&recorder, POD[2]), |n| n == 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        upserts_of(&recorder, POD[1]),
+        1,
+        "a forgotten name still gets updates"
+    );
+
+    handle.subscribe(ADDRESS, ["/10.0.0.2"]);
+    eventually!(observe = upserts_of(&recorder, POD[1]), |n| n == 2);
+}
+
+/// A pod connecting to many addresses outside the mesh (security review M1): each connection
+/// asks for its address on demand. Were the names kept, the reconnect request would carry them
+/// all, past the server's request limit, and the server would refuse every reconnect, freezing
+/// the node's updates. Bounded and forgotten, the reconnect succeeds and updates keep coming.
+#[tokio::test]
+async fn many_on_demand_addresses_never_outgrow_the_reconnect_request() {
+    let store = Store::new();
+    store.replace_all(ADDRESS, workloads(3, "v1"));
+    let server = TestServer::with_store(store.clone()).await;
+    let relay = Relay::start(server.addr).await;
+    let recorder = Arc::new(Recorder::default());
+    // Names live longer than the test: only the cap and forgetting absent names bound them.
+    let mut node_like = config("busy-node", Subscription::Wildcard);
+    node_like.on_demand_ttl = Duration::from_secs(3600);
+    let handle = XdsClient::spawn(connector(relay.addr), node_like, recorder.clone());
+    eventually!(observe = recorder.with(|r| r.resources.len()), |n| n == 3);
+
+    // IPv6 names of 40 bytes: enough of them that all together exceed the request limit.
+    let name = |i: usize| {
+        format!(
+            "/2001:db8:aaaa:bbbb:cccc:dddd:{:04x}:{:04x}",
+            i >> 16,
+            i & 0xffff
+        )
+    };
+    let count = MAX_REQUEST_BYTES / name(0).len() + 1;
+    for i in 0..count {
+        handle.subscribe(ADDRESS, [name(i)]);
+    }
+    let last = name(count - 1);
+    eventually!(
+        timeout = Duration::from_secs(60),
+        observe = removals_of(&recorder, &last),
+        |n| n == 1
+    );
+
+    let mut state = handle.connection_state();
+    relay.sever();
+    state
+        .wait_for(|connected| !connected)
+        .await
+        .expect("client alive");
+    state
+        .wait_for(|connected| *connected)
+        .await
+        .expect("client alive");
+    store.apply(
+        ADDRESS,
+        vec![workload(
+            "Kubernetes//Pod/default/late",
+            Ipv4Addr::new(10, 0, 9, 9),
+            "v1",
+        )],
+        vec![],
+    );
+    eventually!(recorder.has("Kubernetes//Pod/default/late"));
+    assert!(handle.connected());
 }

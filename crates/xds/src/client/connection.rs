@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambit_proto::envoy::config::core::v3::Node;
 use ambit_proto::envoy::service::discovery::v3 as xds;
@@ -32,6 +32,7 @@ use xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
 use super::{BoxError, ClientConfig, Command, Handler, MAX_RESPONSE_BYTES, Subscription, Update};
 use super::{Resource, TokenSource};
+use crate::client::on_demand::OnDemand;
 use crate::resource::WILDCARD;
 
 /// The target of the client's log lines: ztunnel's (its `xds::client` module), so a filter
@@ -77,6 +78,8 @@ pub(super) struct Worker<C> {
     commands: mpsc::UnboundedReceiver<Command>,
     connected: watch::Sender<bool>,
     types: BTreeMap<String, TypeState>,
+    /// The bounds of each type's on-demand names: how many, and for how long unused.
+    on_demand: (usize, Duration),
     /// The handler accepted an update on the current connection: the next backoff restarts.
     healthy: bool,
     /// Connection attempts so far (the `id` of the `xds` span).
@@ -84,10 +87,13 @@ pub(super) struct Worker<C> {
 }
 
 /// What the client asked for and holds of one type.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TypeState {
     wildcard: bool,
+    /// Names of the configuration, kept for the client's life.
     names: BTreeSet<String>,
+    /// Names asked for at run time, bounded and forgotten when unused.
+    on_demand: OnDemand,
     /// Canonical name → version, of updates the handler accepted.
     known: HashMap<String, String>,
     /// A first request for this type went out on the current stream.
@@ -118,9 +124,12 @@ where
         commands: mpsc::UnboundedReceiver<Command>,
         connected: watch::Sender<bool>,
     ) -> Self {
+        let on_demand = (config.on_demand_max, config.on_demand_ttl);
         let mut types: BTreeMap<String, TypeState> = BTreeMap::new();
         for (type_url, subscription) in config.subscriptions {
-            let state = types.entry(type_url).or_default();
+            let state = types
+                .entry(type_url)
+                .or_insert_with(|| TypeState::new(on_demand));
             match subscription {
                 Subscription::Wildcard => state.wildcard = true,
                 Subscription::Names(names) => state.names.extend(names),
@@ -136,6 +145,7 @@ where
             commands,
             connected,
             types,
+            on_demand,
             healthy: false,
             attempts: 0,
         }
@@ -182,9 +192,11 @@ where
             tx,
             node: Some(self.node.clone()),
         };
+        let now = Instant::now();
         for (type_url, state) in &mut self.types {
             state.requested = false;
             state.synced = false;
+            state.on_demand.expire(now);
             if let Some(request) = state.first_request(type_url) {
                 // Cannot fail: the queue has room for one request per type.
                 let request = session.stamp(request);
@@ -212,13 +224,17 @@ where
         self.set_connected(true);
         info!(target: TARGET, "Stream established");
 
+        let mut sweep = tokio::time::interval(self.sweep_every());
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(response)) => {
-                        let reply = self.on_response(response);
-                        if session.tx.send(reply).await.is_err() {
-                            return Exit::Failed(Error::Closed);
+                        let (reply, unsubscribe) = self.on_response(response);
+                        for request in std::iter::once(reply).chain(unsubscribe) {
+                            if session.tx.send(request).await.is_err() {
+                                return Exit::Failed(Error::Closed);
+                            }
                         }
                     }
                     Ok(None) => return Exit::Failed(Error::Closed),
@@ -230,8 +246,44 @@ where
                     }
                     Some(Command::Shutdown) | None => return Exit::Shutdown,
                 },
+                _ = sweep.tick() => {
+                    if self.sweep(&mut session).await.is_err() {
+                        return Exit::Failed(Error::Closed);
+                    }
+                }
             }
         }
+    }
+
+    /// How often on-demand names are checked for expiry: as often as the shortest-lived type
+    /// needs.
+    fn sweep_every(&self) -> Duration {
+        self.types
+            .values()
+            .map(|state| state.on_demand.sweep_every())
+            .min()
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// Forgets the on-demand names unused for their time to live, unsubscribing them on the
+    /// live stream. `Err` when the stream is ending.
+    async fn sweep(&mut self, session: &mut Session) -> Result<(), ()> {
+        let now = Instant::now();
+        for (type_url, state) in &mut self.types {
+            let expired = state.on_demand.expire(now);
+            if expired.is_empty() || !state.requested {
+                continue;
+            }
+            debug!(target: TARGET, type_url, names = expired.len(), "forgetting unused on demand names");
+            let request = xds::DeltaDiscoveryRequest {
+                type_url: type_url.clone(),
+                resource_names_unsubscribe: expired,
+                ..Default::default()
+            };
+            let request = session.stamp(request);
+            session.tx.send(request).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 
     /// Awaits `future` while serving handle commands; `None` when asked to shut down.
@@ -254,8 +306,15 @@ where
         }
     }
 
-    /// Applies a response and returns the ACK or NACK for it.
-    fn on_response(&mut self, response: xds::DeltaDiscoveryResponse) -> xds::DeltaDiscoveryRequest {
+    /// Applies a response and returns the ACK or NACK for it, and the request unsubscribing the
+    /// on-demand names the response reported absent (forgotten, see [`OnDemand`]).
+    fn on_response(
+        &mut self,
+        response: xds::DeltaDiscoveryResponse,
+    ) -> (
+        xds::DeltaDiscoveryRequest,
+        Option<xds::DeltaDiscoveryRequest>,
+    ) {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         info!(
@@ -265,7 +324,8 @@ where
             removes = response.removed_resources.len(),
             "received response"
         );
-        let error_detail = match self.apply(response) {
+        let mut absent = Vec::new();
+        let error_detail = match self.apply(response, &mut absent) {
             Ok(()) => {
                 debug!(target: TARGET, type_url, nonce, "type" = ?Signal::Ack, "sending response");
                 None
@@ -286,15 +346,27 @@ where
                 })
             }
         };
-        xds::DeltaDiscoveryRequest {
+        let unsubscribe = (!absent.is_empty()).then(|| xds::DeltaDiscoveryRequest {
+            type_url: type_url.clone(),
+            resource_names_unsubscribe: absent,
+            ..Default::default()
+        });
+        let reply = xds::DeltaDiscoveryRequest {
             type_url,
             response_nonce: nonce,
             error_detail,
             ..Default::default()
-        }
+        };
+        (reply, unsubscribe)
     }
 
-    fn apply(&mut self, response: xds::DeltaDiscoveryResponse) -> Result<(), String> {
+    /// Hands a response to the handler; on success records what it holds, and forgets (adding
+    /// them to `absent`) the on-demand names the response removed.
+    fn apply(
+        &mut self,
+        response: xds::DeltaDiscoveryResponse,
+        absent: &mut Vec<String>,
+    ) -> Result<(), String> {
         let Some(state) = self.types.get_mut(&response.type_url) else {
             return Err(format!("not subscribed to type {:?}", response.type_url));
         };
@@ -325,6 +397,9 @@ where
         self.healthy = true;
         for name in &removals {
             state.known.remove(name);
+            if state.on_demand.forget(name) {
+                absent.push(name.clone());
+            }
         }
         state.known.extend(versions);
         Ok(())
@@ -337,27 +412,43 @@ where
         names: Vec<String>,
         session: Option<&mut Session>,
     ) {
-        let state = self.types.entry(type_url.clone()).or_default();
+        let on_demand = self.on_demand;
+        let state = self
+            .types
+            .entry(type_url.clone())
+            .or_insert_with(|| TypeState::new(on_demand));
+        let now = Instant::now();
         let mut added = Vec::new();
+        let mut evicted = Vec::new();
         for name in names {
             if name == WILDCARD {
                 if !std::mem::replace(&mut state.wildcard, true) {
                     added.push(name);
                 }
-            } else if state.names.insert(name.clone()) {
-                added.push(name);
+            } else if !state.names.contains(&name) {
+                let (new, dropped) = state.on_demand.ask(&name, now);
+                evicted.extend(dropped);
+                if new {
+                    added.push(name);
+                }
             }
         }
+        // A batch larger than the cap evicts some of its own names: those are neither asked
+        // for nor unsubscribed.
+        let asked: BTreeSet<String> = added.iter().cloned().collect();
+        added.retain(|name| name == WILDCARD || state.on_demand.contains(name));
+        evicted.retain(|name| !asked.contains(name));
         for name in &added {
             info!(target: TARGET, "received on demand request {type_url}/{name}");
         }
-        let Some(session) = session.filter(|_| !added.is_empty()) else {
+        let Some(session) = session.filter(|_| !added.is_empty() || !evicted.is_empty()) else {
             return;
         };
         let request = if state.requested {
             xds::DeltaDiscoveryRequest {
                 type_url,
                 resource_names_subscribe: added,
+                resource_names_unsubscribe: evicted,
                 ..Default::default()
             }
         } else {
@@ -381,17 +472,32 @@ where
 // === impl TypeState ===
 
 impl TypeState {
+    fn new((max, ttl): (usize, Duration)) -> Self {
+        Self {
+            wildcard: false,
+            names: BTreeSet::new(),
+            on_demand: OnDemand::new(max, ttl),
+            known: HashMap::new(),
+            requested: false,
+            synced: false,
+        }
+    }
+
     /// The request opening this type on a new stream, or `None` while there is nothing to ask
     /// for (a named subscription without names: an empty list would mean "everything").
     fn first_request(&mut self, type_url: &str) -> Option<xds::DeltaDiscoveryRequest> {
-        let subscribe: Vec<String> = match (self.wildcard, self.names.is_empty()) {
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .cloned()
+            .chain(self.on_demand.names())
+            .collect();
+        let subscribe: Vec<String> = match (self.wildcard, names.is_empty()) {
             // Legacy wildcard: understood by every server, istiod included.
             (true, true) => Vec::new(),
-            (true, false) => std::iter::once(WILDCARD.to_owned())
-                .chain(self.names.iter().cloned())
-                .collect(),
+            (true, false) => std::iter::once(WILDCARD.to_owned()).chain(names).collect(),
             (false, true) => return None,
-            (false, false) => self.names.iter().cloned().collect(),
+            (false, false) => names,
         };
         self.requested = true;
         Some(xds::DeltaDiscoveryRequest {

@@ -15,9 +15,13 @@
 //! - The client's record of what it holds changes only when the handler accepted an update, so
 //!   a rejected update is offered again after a reconnect rather than silently assumed.
 //! - The handler is called from one task, in stream order, never concurrently with itself.
-//! - Subscriptions added with [`ClientHandle::subscribe`] survive reconnects.
+//! - Names added with [`ClientHandle::subscribe`] survive reconnects while they are in use:
+//!   at most [`ClientConfig::on_demand_max`] per type are kept, each until it has not been asked
+//!   for within [`ClientConfig::on_demand_ttl`] or the server reports it absent; then it is
+//!   unsubscribed and no longer sent (see `on_demand.rs`).
 
 mod connection;
+mod on_demand;
 
 use std::fmt;
 use std::future::Future;
@@ -75,6 +79,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Reconnect delays double up to this.
     pub backoff_max: Duration,
+    /// On-demand names kept per type; one more forgets the one asked for longest ago.
+    pub on_demand_max: usize,
+    /// An on-demand name not asked for within this long is forgotten.
+    pub on_demand_ttl: Duration,
 }
 
 /// What a client subscribes to of one type.
@@ -139,13 +147,16 @@ pub fn ztunnel_node(pod_name: &str, node_name: &str, cluster_id: &str) -> Node {
 // === impl ClientConfig ===
 
 impl ClientConfig {
-    /// A configuration without subscriptions, reconnecting after 200 ms up to 15 s.
+    /// A configuration without subscriptions, reconnecting after 200 ms up to 15 s, keeping
+    /// up to 1024 on-demand names per type for 5 minutes after they were last asked for.
     pub fn new(node: Node) -> Self {
         Self {
             node,
             subscriptions: Vec::new(),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(15),
+            on_demand_max: 1024,
+            on_demand_ttl: Duration::from_secs(5 * 60),
         }
     }
 
@@ -234,9 +245,10 @@ impl<T: Handler + ?Sized> Handler for Arc<T> {
 // === impl ClientHandle ===
 
 impl ClientHandle {
-    /// Subscribes to more names of a type (on-demand lookups), on the live stream and on every
-    /// later one. Names already subscribed are ignored. A name the server does not know comes
-    /// back in [`Update::removals`].
+    /// Subscribes to more names of a type (on-demand lookups), on the live stream and on later
+    /// ones while the name is in use (see the [module docs](self)). Asking again for a name
+    /// already subscribed sends nothing but keeps it in use. A name the server does not know
+    /// comes back in [`Update::removals`], and is forgotten.
     pub fn subscribe<I>(&self, type_url: impl Into<String>, names: I)
     where
         I: IntoIterator,
