@@ -17,6 +17,7 @@ pub mod auth;
 pub mod ca_bootstrap;
 pub mod ca_service;
 mod debug;
+mod grpc_listener;
 mod http;
 pub mod readiness;
 mod resources;
@@ -25,7 +26,6 @@ mod run;
 mod shared;
 mod snapshot_view;
 pub mod source;
-mod tls_listener;
 pub mod token_review;
 
 pub use readiness::Readiness;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use ambit_app::{Acceptor, Limits};
 use ambit_identity::{CaConfig, CertificateAuthority};
 use ambit_model::{Kind, MeshConfig, MeshSnapshot, retranslate, translate};
 use ambit_xds::server::{AdsServer, AllowAll, Store};
@@ -27,7 +28,7 @@ use crate::http::{Handler, Reply};
 use crate::readiness::Readiness;
 use crate::snapshot_view::SnapshotView;
 use crate::source::dir::DirSource;
-use crate::{SharedState, ca_bootstrap, debug, resources, tls_listener};
+use crate::{SharedState, ca_bootstrap, debug, grpc_listener, resources};
 
 /// How often start-up logs what it still waits for.
 const PENDING_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -254,13 +255,14 @@ impl ControlPlane {
         if let Some(addr) = config.plaintext_addr {
             let listener = bind("plaintext WDS", addr).await?;
             addrs.plaintext = Some(local_addr(&listener, addr));
-            let router = tonic::transport::Server::builder().add_service(
+            let acceptor = Acceptor::new("plaintext WDS", listener, &Limits::GRPC);
+            let router = grpc_listener::grpc_server().add_service(
                 ads.clone()
                     .with_authenticator(Arc::new(AllowAll))
                     .into_service(),
             );
             tasks.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = grpc_listener::plain_incoming(acceptor);
                 if let Err(e) = router.serve_with_incoming(incoming).await {
                     warn!(error = %e, "plaintext WDS server stopped");
                 }
@@ -283,12 +285,13 @@ impl ControlPlane {
             let ads = ads
                 .clone()
                 .with_authenticator(Arc::new(crate::auth::XdsTokenCheck::new(authenticator)));
-            let router = tonic::transport::Server::builder()
+            let acceptor = Acceptor::new("WDS/CA over TLS", listener, &Limits::GRPC);
+            let router = grpc_listener::grpc_server()
                 .add_service(ads.into_service())
                 .add_service(ca_service.clone().into_service());
             tasks.spawn(async move {
                 if let Err(e) = router
-                    .serve_with_incoming(tls_listener::incoming(listener, tls))
+                    .serve_with_incoming(grpc_listener::tls_incoming(acceptor, tls))
                     .await
                 {
                     warn!(error = %e, "TLS WDS/CA server stopped");
