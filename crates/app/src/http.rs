@@ -2,13 +2,18 @@
 //! and readiness ports, the control plane's monitoring port.
 //!
 //! A [`Route`] turns (method, path, query) into a [`Reply`]; it decides which methods an endpoint
-//! takes. No request body is read. A failed accept (out of descriptors, say) backs off instead
-//! of spinning; a failed connection ends only that connection.
+//! takes. No request body is read. A failed connection ends only that connection.
+//!
+//! Every port is bounded by [`Limits::HTTP`] unless [`serve_with`] is given others: connections
+//! come through an [`Acceptor`] (at most 64 at once, others wait in the backlog; a failed
+//! accept, out of descriptors say, pauses instead of spinning), a client must send its whole
+//! request head within the header timeout (10 s: a slowloris client sending a byte at a time
+//! is cut, and holds its place only that long), and a connection that moves no byte for the
+//! idle timeout (60 s) is closed. A request head is at most 16 KiB.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,12 +22,17 @@ use hyper::header;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+use crate::accept::{Acceptor, Limits};
+
 pub use hyper::{Method, StatusCode};
+
+/// The largest request head (request line and headers) read, in bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// What a route answers.
 #[derive(Debug, Clone)]
@@ -128,25 +138,34 @@ pub async fn spawn(
     Ok(Server { local_addr, task })
 }
 
-/// Serves `route` on `listener` until the task is dropped or aborted.
+/// Serves `route` on `listener` within [`Limits::HTTP`] until the task is dropped or aborted.
 pub async fn serve(server: &'static str, listener: TcpListener, route: Route) {
+    serve_with(server, listener, route, &Limits::HTTP).await;
+}
+
+/// Serves `route` on `listener` within `limits` until the task is dropped or aborted.
+pub async fn serve_with(
+    server: &'static str,
+    listener: TcpListener,
+    route: Route,
+    limits: &Limits,
+) {
+    let acceptor = Acceptor::new(server, listener, limits);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "{server} accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (conn, peer) = acceptor.accept().await;
         let route = route.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let reply = route(req.method(), req.uri().path(), req.uri().query());
                 std::future::ready(Ok::<_, Infallible>(into_response(reply)))
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
                 debug!(%peer, error = %e, "{server} connection ended with an error");
             }
         });
