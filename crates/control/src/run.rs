@@ -65,8 +65,12 @@ pub struct ControlConfig {
     pub plaintext_addr: Option<SocketAddr>,
     /// WDS and CA over TLS with bearer tokens (15012).
     pub tls_addr: Option<SocketAddr>,
-    /// `/metrics`, `/ready`, `/debug/…` (15014).
+    /// `/metrics`, `/ready` (15014), and `/debug/…` unless `debug_addr` is set.
     pub monitoring_addr: Option<SocketAddr>,
+    /// `/debug/…` on a listener of its own (and `/metrics`, `/ready` there too); when set, the
+    /// monitoring port answers `/debug/…` with 404, so it can face the pod network while the
+    /// mesh's views stay on loopback.
+    pub debug_addr: Option<SocketAddr>,
     /// Quiet time after a change before translating, so bursts become one push.
     pub debounce: Duration,
     /// DNS names in the 15012 serving certificate.
@@ -86,6 +90,7 @@ pub struct BoundAddrs {
     pub plaintext: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
     pub monitoring: Option<SocketAddr>,
+    pub debug: Option<SocketAddr>,
 }
 
 /// Why the control plane could not start.
@@ -155,6 +160,16 @@ impl ControlPlane {
         if let Some(addr) = config.monitoring_addr {
             let listener = bind("monitoring", addr).await?;
             addrs.monitoring = Some(local_addr(&listener, addr));
+            let handler = starting_handler(readiness.clone(), serving.clone());
+            let handler = match config.debug_addr {
+                Some(_) => without_debug(handler),
+                None => handler,
+            };
+            tasks.spawn(crate::http::serve(listener, handler));
+        }
+        if let Some(addr) = config.debug_addr {
+            let listener = bind("debug", addr).await?;
+            addrs.debug = Some(local_addr(&listener, addr));
             tasks.spawn(crate::http::serve(
                 listener,
                 starting_handler(readiness.clone(), serving.clone()),
@@ -423,6 +438,17 @@ fn starting_handler(readiness: Readiness, serving: Arc<OnceLock<Handler>>) -> Ha
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready\n{}", readiness.describe()),
         ),
+    })
+}
+
+/// `handler` with `/debug/…` answered 404 (those views are served on the debug port).
+fn without_debug(handler: Handler) -> Handler {
+    Arc::new(move |path, query| {
+        if path == "/debug" || path.starts_with("/debug/") {
+            Reply::not_found(path)
+        } else {
+            handler(path, query)
+        }
     })
 }
 

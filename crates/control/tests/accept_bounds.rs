@@ -46,6 +46,7 @@ fn child_control_plane() {
             plaintext_addr: Some(any),
             tls_addr: Some(any),
             monitoring_addr: None,
+            debug_addr: None,
             debounce: Duration::from_millis(20),
             serving_names: vec!["istiod.istio-system.svc".to_owned()],
         })

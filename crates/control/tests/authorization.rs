@@ -53,6 +53,10 @@ spec: {action: DENY, rules: [{to: [{operation: {ports: ['9000']}}]}]}
 ";
 
 async fn start(dir: &std::path::Path) -> ControlPlane {
+    start_with(dir, None).await
+}
+
+async fn start_with(dir: &std::path::Path, debug_addr: Option<SocketAddr>) -> ControlPlane {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("mesh.yaml"), MANIFESTS).unwrap();
@@ -67,6 +71,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         plaintext_addr: None,
         tls_addr: None,
         monitoring_addr: Some("127.0.0.1:0".parse().unwrap()),
+        debug_addr,
         debounce: Duration::from_millis(20),
         serving_names: vec!["istiod.istio-system.svc".to_owned()],
     })
@@ -198,4 +203,30 @@ async fn policies_are_served_listed_and_explained() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(needle), "{query}: {body}");
     }
+}
+
+/// With a debug address (the chart puts it on loopback), `/debug/…` moves there: the monitoring
+/// port, which faces the pod network for readiness and scraping, answers it 404.
+#[tokio::test]
+async fn a_debug_address_takes_the_debug_views_off_the_monitoring_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = start_with(dir.path(), Some("127.0.0.1:0".parse().unwrap())).await;
+    let monitoring = control.addrs().monitoring.unwrap();
+    let debug = control.addrs().debug.unwrap();
+    for path in ["/ready", "/metrics"] {
+        ambit_testkit::eventually!(observe = http_get(monitoring, path).await.0, |s| s == 200);
+    }
+    for path in [
+        "/debug/policies",
+        "/debug/workloads",
+        "/debug/authorize?src=&dst=x&port=1",
+    ] {
+        assert_eq!(
+            http_get(monitoring, path).await.0,
+            404,
+            "{path} on the monitoring port"
+        );
+    }
+    assert_eq!(http_get(debug, "/debug/policies").await.0, 200);
+    assert_eq!(http_get(debug, "/debug/workloads").await.0, 200);
 }

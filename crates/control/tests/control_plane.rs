@@ -114,6 +114,7 @@ async fn start(dir: &Path) -> ControlPlane {
         plaintext_addr: Some(any),
         tls_addr: Some(any),
         monitoring_addr: Some(any),
+        debug_addr: None,
         debounce: Duration::from_millis(20),
         serving_names: vec!["istiod.istio-system.svc".to_owned()],
     })

@@ -70,6 +70,7 @@ async fn the_directory_source_serves_the_shared_expectation() {
         plaintext_addr: Some(any),
         tls_addr: None,
         monitoring_addr: None,
+        debug_addr: None,
         debounce: Duration::from_millis(20),
         serving_names: vec!["istiod.istio-system.svc".to_owned()],
     })

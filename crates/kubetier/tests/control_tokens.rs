@@ -83,6 +83,7 @@ async fn control_plane(cluster: &Cluster, ca_dir: &std::path::Path) -> ControlPl
         plaintext_addr: None,
         tls_addr: Some(any),
         monitoring_addr: Some(any),
+        debug_addr: None,
         debounce: Duration::from_millis(20),
         serving_names: vec!["istiod.istio-system.svc".to_owned()],
     })

@@ -64,6 +64,11 @@ pub(crate) struct ControlArgs {
     #[arg(long, default_value_t = Listen::on(Ipv4Addr::LOCALHOST, ports::MONITORING), value_parser = parse_addr)]
     monitoring_addr: Listen,
 
+    /// `/debug/…` on a port of its own; then the monitoring port no longer serves it. `off`
+    /// (the default) keeps `/debug/…` on the monitoring port.
+    #[arg(long, default_value = "off", value_parser = parse_addr)]
+    debug_addr: Listen,
+
     /// Quiet time after a change before pushing, in milliseconds.
     #[arg(long, default_value_t = 50)]
     debounce_ms: u64,
@@ -111,6 +116,7 @@ pub(crate) fn run(args: ControlArgs) -> anyhow::Result<()> {
         plaintext_addr: args.plaintext_addr.0,
         tls_addr: args.tls_addr.0,
         monitoring_addr: args.monitoring_addr.0,
+        debug_addr: args.debug_addr.0,
         debounce: Duration::from_millis(args.debounce_ms),
         serving_names,
     };

@@ -59,6 +59,7 @@ impl Plan {
             plaintext_addr: Some(self.plaintext),
             tls_addr: Some(self.tls),
             monitoring_addr: Some(self.monitoring),
+            debug_addr: None,
             // The binary's default.
             debounce: Duration::from_millis(50),
             serving_names: vec!["istiod.istio-system.svc".to_owned()],

@@ -116,6 +116,7 @@ impl Mesh {
             plaintext_addr: Some(any),
             tls_addr: Some(any),
             monitoring_addr: None,
+            debug_addr: None,
             debounce: Duration::from_millis(20),
             serving_names: vec![SERVER_NAME.to_owned()],
         })
