@@ -26,6 +26,8 @@
 
 mod binary;
 mod conflist;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod json_text;
 mod watch;
 

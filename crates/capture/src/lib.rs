@@ -26,6 +26,15 @@ pub mod plugin;
 pub mod rules;
 pub mod zds;
 
+/// Fuzz target bodies: built for `cargo fuzz` and this crate's tests only.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::install::fuzz::conflist;
+    pub use crate::plugin::fuzz::cni;
+    pub use crate::zds::fuzz::zds_agent;
+}
+
 pub use agent::{Agent, AgentConfig, AgentError, CniPod, DiscoveryConfig, PodStatus};
 pub use enrollment::{Enrolled, Enrollment, PodName, StaticEnrollment, WdsEnrollment};
 pub use rules::{Backend, BackendChoice, Rules, RulesError};

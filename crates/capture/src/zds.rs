@@ -15,6 +15,8 @@
 //! - A connection that times out, breaks, or sends anything but an `Ack` to a request is
 //!   dropped; the node proxy reconnects and gets a replay.
 
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod server;
 
 use std::collections::BTreeMap;

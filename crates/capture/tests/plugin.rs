@@ -143,9 +143,28 @@ impl Run {
 }
 
 fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Run {
+    save_seed(env, stdin);
     let mut stdout = Vec::new();
     let code = run_with(env, stdin, &mut stdout);
     Run { code, stdout }
+}
+
+/// Saves an invocation as a seed of the `cni` fuzz target when `AMBIT_FUZZ_WRITE_SEEDS` is set,
+/// in that target's input form: `KEY=VALUE` lines, a NUL byte, stdin. The test's temporary
+/// socket path becomes Istio's default, so the seed is the same on every run.
+fn save_seed(env: &HashMap<String, String>, stdin: &[u8]) {
+    let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    vars.sort();
+    let mut seed = vars.concat().into_bytes();
+    seed.push(0);
+    match serde_json::from_slice::<Value>(stdin) {
+        Ok(mut conf) if conf["ambit"]["agent_socket"].is_string() => {
+            conf["ambit"]["agent_socket"] = json!("/var/run/istio-cni/pluginevent.sock");
+            seed.extend_from_slice(conf.to_string().as_bytes());
+        }
+        _ => seed.extend_from_slice(stdin),
+    }
+    ambit_testkit::corpus::save("cni", "plugin", &seed);
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //!   closed on them rather than drop them.
 
 pub mod enroll;
+/// Fuzz target bodies: built for `cargo fuzz` and this crate's tests only.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod istio;
 pub mod manifest;
 pub mod objects;

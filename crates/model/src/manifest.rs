@@ -127,6 +127,7 @@ kind: List
 items:
 - {apiVersion: v1, kind: ServiceAccount, metadata: {name: s, namespace: a}}
 ";
+        ambit_testkit::corpus::save("manifest", "documents", text.as_bytes());
         let docs = parse(text);
         let summary: Vec<_> = docs
             .iter()

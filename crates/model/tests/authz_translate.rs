@@ -13,6 +13,7 @@ use ambit_proto::security::{Authorization, Match, StringMatch};
 use ambit_proto::workload::address;
 
 fn mesh(yaml: &str) -> MeshSnapshot {
+    ambit_testkit::corpus::save("manifest", "authz-translate", yaml.as_bytes());
     let mut state = ClusterState::default();
     for doc in manifest::parse(yaml) {
         for object in doc.result.unwrap() {

@@ -7,6 +7,7 @@ use ambit_model::{ClusterState, MeshConfig, MeshSnapshot, manifest, translate};
 use ambit_proto::workload::{NetworkMode, Port, TunnelProtocol, WorkloadStatus, WorkloadType};
 
 fn mesh(yaml: &str) -> MeshSnapshot {
+    ambit_testkit::corpus::save("manifest", "translate", yaml.as_bytes());
     let mut state = ClusterState::default();
     for doc in manifest::parse(yaml) {
         for object in doc.result.expect("test manifests are valid") {

@@ -39,6 +39,10 @@ pub mod conn;
 pub mod control;
 mod copy;
 pub mod drain;
+/// Fuzz target bodies: built for `cargo fuzz` and this crate's tests only.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hbone;
 pub mod inpod;
 pub mod local_config;

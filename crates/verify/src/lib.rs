@@ -24,5 +24,10 @@ pub mod pcap;
 pub mod report;
 pub mod run;
 
+/// Fuzz target bodies: built for `cargo fuzz` and this crate's tests only.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz;
+
 #[cfg(test)]
 mod testing;

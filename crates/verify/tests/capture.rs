@@ -71,6 +71,12 @@ async fn capture_both_exchanges(interface: &str) -> (CaptureSummary, Trace, Vec<
     let summary = running.stop().unwrap();
     assert_eq!(summary.output, output);
     let trace = pcap::read_file(&output).unwrap();
+    let seeding = std::env::var_os(ambit_testkit::corpus::WRITE_SEEDS).is_some();
+    if seeding && std::env::var_os(IN_USERNS).is_none() {
+        // A real capture of both exchanges seeds the `pcap` fuzz target.
+        let seed = ambit_testkit::corpus::dir("pcap").join(format!("capture-{interface}"));
+        std::fs::copy(&output, &seed).unwrap();
+    }
     assert_eq!(trace.link_type, LinkType::Raw);
     assert_eq!(summary.packets, trace.packets as u64, "{summary:?}");
     assert_eq!(summary.truncated, 0, "{summary:?}");

@@ -28,6 +28,8 @@
 //! `cni_agent_run_dir`, `plugin_log_level` and `exclude_namespaces` are read as fallbacks.
 
 mod channel;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod invocation;
 mod log;
 mod output;

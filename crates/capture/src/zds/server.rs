@@ -200,7 +200,7 @@ impl Server {
                     "the node proxy closed the connection",
                 ));
             }
-            Ok(WorkloadResponse::decode(&buf[..len]).ok())
+            Ok(decode_reply(&buf[..len]))
         };
         let io_error = |source| ZdsError::Io {
             what: what.to_owned(),
@@ -212,20 +212,15 @@ impl Server {
                 timeout: self.config.ack_timeout,
             }),
             Ok(Err(e)) => Err(io_error(e)),
-            Ok(Ok(Some(WorkloadResponse {
-                payload: Some(workload_response::Payload::Ack(ack)),
-            }))) => {
-                return if ack.error.is_empty() {
-                    debug!(what, "ZDS: acknowledged");
-                    Ok(())
-                } else {
-                    Err(ZdsError::Rejected {
-                        what: what.to_owned(),
-                        error: ack.error,
-                    })
-                };
+            Ok(Ok(Reply::Acked)) => {
+                debug!(what, "ZDS: acknowledged");
+                return Ok(());
             }
-            Ok(Ok(_)) => Err(ZdsError::Protocol {
+            Ok(Ok(Reply::Rejected(error))) => Err(ZdsError::Rejected {
+                what: what.to_owned(),
+                error,
+            }),
+            Ok(Ok(Reply::NotAnAck)) => Err(ZdsError::Protocol {
                 what: what.to_owned(),
             }),
         };
@@ -266,11 +261,38 @@ async fn read_hello(stream: &SeqpacketStream) -> Result<(), String> {
             fds.len()
         ));
     }
-    let hello = ZdsHello::decode(&buf[..len]).map_err(|e| format!("not a ZdsHello: {e}"))?;
+    decode_hello(&buf[..len])
+}
+
+/// Whether the first datagram is `ZdsHello{V1}`, or why not.
+pub(crate) fn decode_hello(datagram: &[u8]) -> Result<(), String> {
+    let hello = ZdsHello::decode(datagram).map_err(|e| format!("not a ZdsHello: {e}"))?;
     if hello.version != Version::V1 as i32 {
         return Err(format!("unsupported ZDS version {}", hello.version));
     }
     Ok(())
+}
+
+/// What the node proxy answered to a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Acked,
+    /// `Ack` with this error.
+    Rejected(String),
+    /// Anything but an `Ack`, or no valid message at all.
+    NotAnAck,
+}
+
+pub(crate) fn decode_reply(datagram: &[u8]) -> Reply {
+    match WorkloadResponse::decode(datagram) {
+        Ok(WorkloadResponse {
+            payload: Some(workload_response::Payload::Ack(ack)),
+        }) if ack.error.is_empty() => Reply::Acked,
+        Ok(WorkloadResponse {
+            payload: Some(workload_response::Payload::Ack(ack)),
+        }) => Reply::Rejected(ack.error),
+        _ => Reply::NotAnAck,
+    }
 }
 
 /// Resolves when the idle connection closes or says something unasked; never without one.

@@ -11,15 +11,84 @@
 //!
 //! Values come from WDS, so they are built with [`HeaderValue::from_str`] and a value that is not
 //! valid header text is left out rather than sent mangled.
+//!
+//! The server reads a CONNECT's head into a [`ConnectHead`]: the target from `:authority` (an
+//! `ip:port`, nothing else) and the trace id of a W3C-valid `traceparent`; a head that names no
+//! target is refused with the status and a reason naming what was wrong. [`forwarded_for`] reads
+//! the source a client wrote in `Forwarded`.
 
 use std::net::SocketAddr;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::state::Workload;
 
 pub(crate) const BAGGAGE: &str = "baggage";
 pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// What the server reads from a CONNECT request's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConnectHead {
+    /// `:authority`: the application address the tunnel is for (IPv4-mapped addresses made
+    /// plain IPv4).
+    pub(crate) target: SocketAddr,
+    /// The trace id of a W3C-valid `traceparent`.
+    pub(crate) trace_id: Option<u128>,
+}
+
+impl ConnectHead {
+    /// Reads the head, or says why the request names no tunnel target: the status to answer
+    /// with and the reason, naming the method or authority.
+    pub(crate) fn parse(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Self, (StatusCode, String)> {
+        if method != Method::CONNECT {
+            return Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} is not CONNECT"),
+            ));
+        }
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let target: SocketAddr = authority.parse().map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("CONNECT authority {authority:?} is not an ip:port"),
+            )
+        })?;
+        Ok(Self {
+            target: SocketAddr::new(target.ip().to_canonical(), target.port()),
+            trace_id: headers.get(TRACEPARENT).and_then(trace_id),
+        })
+    }
+}
+
+/// The trace id of a W3C trace context `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase;
+/// ids not all zero; a later version may append `-…`), if it is one.
+pub(crate) fn trace_id(value: &HeaderValue) -> Option<u128> {
+    let text = value.to_str().ok()?;
+    let (head, rest) = text.split_at_checked(55)?;
+    let mut parts = head.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let shaped = hex(version, 2) && hex(trace, 32) && hex(parent, 16) && hex(flags, 2);
+    // Version ff is invalid; version 00 has nothing after the flags.
+    let versioned = match version {
+        "ff" => false,
+        "00" => rest.is_empty(),
+        _ => rest.is_empty() || rest.starts_with('-'),
+    };
+    if !shaped || !versioned {
+        return None;
+    }
+    let trace = u128::from_str_radix(trace, 16).ok()?;
+    let parent = u64::from_str_radix(parent, 16).ok()?;
+    (trace != 0 && parent != 0).then_some(trace)
+}
 
 /// `Forwarded` for a connection from `src`, addressed to `service_host` if any.
 pub(crate) fn forwarded(src: SocketAddr, service_host: Option<&str>) -> Option<HeaderValue> {

@@ -28,7 +28,7 @@ use ambit_identity::tls::{self as id_tls};
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::{Connection, SendResponse};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -37,7 +37,7 @@ use tracing::debug;
 use crate::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info, service_info};
 use crate::copy::{self, Transferred};
 use crate::drain::Kind;
-use crate::hbone::headers::{forwarded_for, forwarded_host};
+use crate::hbone::headers::{ConnectHead, forwarded_for, forwarded_host};
 use crate::hbone::server_builder;
 use crate::hbone::stream::H2Stream;
 use crate::proxy::authorize::authorize;
@@ -207,7 +207,8 @@ impl Stream {
             dst: peer_info(&self.workload),
             security: SecurityPolicy::MutualTls,
         };
-        let target = match self.target(&request) {
+        let head = ConnectHead::parse(request.method(), request.uri(), request.headers());
+        let target = match head.and_then(|head| self.target(head)) {
             Ok(target) => target,
             Err((status, reason)) => {
                 send_status(&mut respond, status);
@@ -260,21 +261,11 @@ impl Stream {
     }
 
     /// The CONNECT target, if this stream may have it.
-    fn target(&self, request: &Request<RecvStream>) -> Result<SocketAddr, (StatusCode, String)> {
-        if request.method() != Method::CONNECT {
-            return Err((
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {} is not CONNECT", request.method()),
-            ));
+    fn target(&self, head: ConnectHead) -> Result<SocketAddr, (StatusCode, String)> {
+        let target = head.target;
+        if let Some(trace_id) = head.trace_id {
+            debug!(trace_id = %format_args!("{trace_id:032x}"), %target, "CONNECT");
         }
-        let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or("");
-        let target: SocketAddr = authority.parse().map_err(|_| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("CONNECT authority {authority:?} is not an ip:port"),
-            )
-        })?;
-        let target = canonical(target);
         if !self.workload.addresses.contains(&target.ip()) {
             return Err((
                 StatusCode::BAD_REQUEST,

@@ -23,7 +23,7 @@
 
 mod pods;
 mod socket;
-mod zds;
+pub(crate) mod zds;
 
 pub(crate) use self::pods::InPod;
 pub use self::pods::{InPodStatus, PodError, PodState};

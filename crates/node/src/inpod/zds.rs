@@ -203,40 +203,25 @@ impl Client {
     }
 
     /// Decodes and carries out one request.
-    async fn handle(&self, datagram: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), RequestError> {
-        let request = WorkloadRequest::decode(datagram).map_err(|source| RequestError::Decode {
-            len: datagram.len(),
-            source,
-        })?;
-        let payload = request.payload.ok_or(RequestError::NoPayload)?;
-        let is_add = matches!(payload, workload_request::Payload::Add(_));
-        if !is_add && !fds.is_empty() {
-            warn!(
-                count = fds.len(),
-                "descriptors on a ZDS request other than AddWorkload: closed"
-            );
-            fds.clear();
-        }
-        match payload {
-            workload_request::Payload::Add(add) => self.add(add, fds).await,
-            workload_request::Payload::Keep(keep) => {
-                self.pods
-                    .keep(&keep.uid)
-                    .map_err(|source| RequestError::Pod {
-                        request: "KeepWorkload",
-                        uid: keep.uid.clone(),
-                        source,
-                    })?;
-                debug!(uid = %keep.uid, "pod kept");
+    async fn handle(&self, datagram: &[u8], fds: Vec<OwnedFd>) -> Result<(), RequestError> {
+        match Request::decode(datagram, fds)? {
+            Request::Add { uid, info, netns } => self.add(uid, info, netns).await,
+            Request::Keep { uid } => {
+                self.pods.keep(&uid).map_err(|source| RequestError::Pod {
+                    request: "KeepWorkload",
+                    uid: uid.clone(),
+                    source,
+                })?;
+                debug!(%uid, "pod kept");
                 Ok(())
             }
-            workload_request::Payload::Del(del) => {
-                if !self.pods.remove(&self.inputs, &del.uid).await {
-                    debug!(uid = %del.uid, "DelWorkload for a pod not served: nothing to do");
+            Request::Del { uid } => {
+                if !self.pods.remove(&self.inputs, &uid).await {
+                    debug!(%uid, "DelWorkload for a pod not served: nothing to do");
                 }
                 Ok(())
             }
-            workload_request::Payload::SnapshotSent(_) => {
+            Request::SnapshotSent => {
                 let forgotten = self.pods.forget_unconfirmed(&self.inputs).await;
                 info!(
                     forgotten,
@@ -248,32 +233,13 @@ impl Client {
         }
     }
 
-    async fn add(&self, add: AddWorkload, mut fds: Vec<OwnedFd>) -> Result<(), RequestError> {
-        let uid = add.uid;
-        if uid.is_empty() {
-            return Err(RequestError::NoUid);
-        }
-        let fd = match (fds.pop(), fds.len()) {
-            (Some(fd), 0) => fd,
-            (fd, rest) => {
-                let count = rest + usize::from(fd.is_some());
-                return Err(RequestError::Descriptors { uid, count });
-            }
-        };
+    async fn add(&self, uid: String, info: PodInfo, fd: OwnedFd) -> Result<(), RequestError> {
         let netns = Netns::from_fd(fd, &format!("the descriptor of AddWorkload {uid:?}")).map_err(
             |source| RequestError::Netns {
                 uid: uid.clone(),
                 source,
             },
         )?;
-        let info = add
-            .workload_info
-            .map(|w| PodInfo {
-                name: w.name,
-                namespace: w.namespace,
-                service_account: w.service_account,
-            })
-            .unwrap_or_default();
         let added = self
             .pods
             .add(&self.inputs, &self.config, &uid, info, netns)
@@ -287,5 +253,70 @@ impl Client {
             debug!(%uid, ?added, "pod added again");
         }
         Ok(())
+    }
+}
+
+/// One valid request from the agent: a datagram decoded, with the descriptors it may carry.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// `AddWorkload`: the pod and its network namespace (not yet checked to be one).
+    Add {
+        uid: String,
+        info: PodInfo,
+        netns: OwnedFd,
+    },
+    Keep {
+        uid: String,
+    },
+    Del {
+        uid: String,
+    },
+    SnapshotSent,
+}
+
+impl Request {
+    /// Decodes one datagram. Descriptors on anything but `AddWorkload` are closed (and
+    /// logged); an `AddWorkload` needs a uid and exactly one descriptor.
+    pub(crate) fn decode(datagram: &[u8], fds: Vec<OwnedFd>) -> Result<Self, RequestError> {
+        let request = WorkloadRequest::decode(datagram).map_err(|source| RequestError::Decode {
+            len: datagram.len(),
+            source,
+        })?;
+        let payload = request.payload.ok_or(RequestError::NoPayload)?;
+        let request = match payload {
+            workload_request::Payload::Add(add) => return Self::add(add, fds),
+            workload_request::Payload::Keep(keep) => Self::Keep { uid: keep.uid },
+            workload_request::Payload::Del(del) => Self::Del { uid: del.uid },
+            workload_request::Payload::SnapshotSent(_) => Self::SnapshotSent,
+        };
+        if !fds.is_empty() {
+            warn!(
+                count = fds.len(),
+                "descriptors on a ZDS request other than AddWorkload: closed"
+            );
+        }
+        Ok(request)
+    }
+
+    fn add(add: AddWorkload, mut fds: Vec<OwnedFd>) -> Result<Self, RequestError> {
+        let AddWorkload { uid, workload_info } = add;
+        if uid.is_empty() {
+            return Err(RequestError::NoUid);
+        }
+        let netns = match (fds.pop(), fds.len()) {
+            (Some(fd), 0) => fd,
+            (fd, rest) => {
+                let count = rest + usize::from(fd.is_some());
+                return Err(RequestError::Descriptors { uid, count });
+            }
+        };
+        let info = workload_info
+            .map(|w| PodInfo {
+                name: w.name,
+                namespace: w.namespace,
+                service_account: w.service_account,
+            })
+            .unwrap_or_default();
+        Ok(Self::Add { uid, info, netns })
     }
 }

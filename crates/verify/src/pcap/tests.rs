@@ -358,3 +358,104 @@ fn never_panics_on_truncated_or_corrupted_input() {
         let _ = parse(&noise);
     }
 }
+
+// === fuzz seeds ===
+
+/// A file of `link` holding the segments of `conns` as IPv4 packets (Ethernet-framed for link 1).
+fn conversation(link: u32, conns: &[crate::testing::Conn]) -> Vec<u8> {
+    let mut writer = Writer::new(link);
+    for conn in conns {
+        for s in &conn.segments {
+            let (IpAddr::V4(src), IpAddr::V4(dst)) = (s.src.ip(), s.dst.ip()) else {
+                unreachable!("the fixtures are IPv4")
+            };
+            let segment = tcp(
+                s.src.port(),
+                s.dst.port(),
+                s.seq,
+                s.flags.0,
+                &[],
+                &s.payload,
+            );
+            let packet = ipv4(src, dst, 6, &segment);
+            let frame = if link == 1 {
+                ethernet(0x0800, &packet)
+            } else {
+                packet
+            };
+            writer = writer.record(s.timestamp, &frame);
+        }
+    }
+    writer.bytes
+}
+
+/// Seeds for the `pcap` fuzz target, from this module's fixtures.
+fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::testing::{Conn, client_hello, record};
+    let hbone = Conn::new("10.0.0.1:40000", "10.0.0.2:15008")
+        .handshake()
+        .data(0, &client_hello())
+        .data(1, &record(22, &[2; 90]))
+        .data(0, &record(23, &[7; 300]))
+        .close();
+    let http = Conn::new("10.0.0.1:40001", "10.0.0.2:8080")
+        .handshake()
+        .data(0, b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .data(1, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .close();
+    let conns = [hbone, http];
+    let packet = sample_packet(b"cooked");
+    let v6 = ipv6_hop_by_hop(
+        Ipv6Addr::LOCALHOST,
+        "fd00::2".parse().unwrap(),
+        &tcp(5000, 15008, 9, 0x18, &[], b"v6"),
+    );
+    let mut vlan = ethernet(0x8100, &[0, 7, 0x08, 0x00]);
+    vlan.extend_from_slice(&packet);
+    let mut fragment = sample_packet(b"frag");
+    fragment[6] = 0x20;
+    let mut bad = sample_packet(b"bad");
+    bad[0] = 0x43;
+    let options = [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let one = |link: u32, frame: &[u8]| Writer::new(link).record(Duration::ZERO, frame).bytes;
+    let mut seeds = vec![
+        ("ethernet-arp".to_owned(), sample_file()),
+        ("conversation-ethernet".to_owned(), conversation(1, &conns)),
+        ("conversation-ipv4".to_owned(), conversation(228, &conns)),
+        ("sll".to_owned(), one(113, &sll(&packet))),
+        ("sll2".to_owned(), one(276, &sll2(&packet))),
+        ("raw".to_owned(), one(101, &packet)),
+        ("vlan".to_owned(), one(1, &vlan)),
+        ("ipv6-hop-by-hop".to_owned(), one(229, &v6)),
+        (
+            "tcp-options".to_owned(),
+            one(228, &ipv4(A, B, 6, &tcp(1, 2, 3, 2, &options, b"o"))),
+        ),
+        (
+            "udp-fragment-malformed".to_owned(),
+            Writer::new(228)
+                .record(Duration::ZERO, &ipv4(A, B, 17, &[0u8; 12]))
+                .record(Duration::ZERO, &fragment)
+                .record(Duration::ZERO, &bad)
+                .bytes,
+        ),
+    ];
+    for (big_endian, nanos) in [(true, false), (false, true), (true, true)] {
+        let file = Writer::with(228, big_endian, nanos)
+            .record(Duration::new(1_700_000_000, 123_456_789), &packet)
+            .bytes;
+        seeds.push((format!("order-be{big_endian}-ns{nanos}"), file));
+    }
+    // The framed form (no file header): selector 4 (IPv4), two packets.
+    let mut framed = vec![4];
+    framed.extend_from_slice(&packet);
+    framed.extend_from_slice(&[0xff, 0xfe]);
+    framed.extend_from_slice(&sample_packet(b"second"));
+    seeds.push(("framed-ipv4".to_owned(), framed));
+    seeds
+}
+
+#[test]
+fn fuzz_seed_corpus() {
+    ambit_testkit::corpus::run("pcap", fuzz_seeds(), crate::fuzz::pcap);
+}
