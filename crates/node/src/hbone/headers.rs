@@ -90,13 +90,23 @@ pub(crate) fn trace_id(value: &HeaderValue) -> Option<u128> {
     (trace != 0 && parent != 0).then_some(trace)
 }
 
-/// `Forwarded` for a connection from `src`, addressed to `service_host` if any.
+/// `Forwarded` for a connection from `src`, addressed to `service_host` if any. The host is
+/// written only when it is an RFC 7230 token (every DNS name is one): any other text could end
+/// the element or the pair early, or not read back at all, so it is left out.
 pub(crate) fn forwarded(src: SocketAddr, service_host: Option<&str>) -> Option<HeaderValue> {
-    let value = match service_host {
+    let value = match service_host.filter(|host| is_token(host)) {
         Some(host) => format!("for=\"{src}\";host={host}"),
         None => format!("for=\"{src}\""),
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// Whether `text` is an RFC 7230 `token`: one or more `tchar`s.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 /// The `for=` address of a `Forwarded` value, if it names an IP (and port).
@@ -148,13 +158,29 @@ pub(crate) fn baggage(cluster_id: &str, source: &Workload) -> Option<HeaderValue
     let value = format!(
         "k8s.cluster.name={cluster},k8s.namespace.name={ns},k8s.{kind}.name={name},\
          service.name={app},service.version={version}",
-        ns = source.namespace,
+        cluster = baggage_value(cluster),
+        ns = baggage_value(&source.namespace),
         kind = source.workload_type,
-        name = source.workload_name,
-        app = source.canonical_name,
-        version = source.canonical_revision,
+        name = baggage_value(&source.workload_name),
+        app = baggage_value(&source.canonical_name),
+        version = baggage_value(&source.canonical_revision),
     );
     HeaderValue::from_str(&value).ok()
+}
+
+/// `text` as a W3C baggage value: every byte that is not a `baggage-octet` (printable ASCII but
+/// space, `"`, `,`, `;`, `\`), and `%` itself, percent-encoded, so a name from WDS can neither
+/// split the list nor make the header unreadable. Kubernetes names have nothing to encode.
+fn baggage_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if matches!(byte, 0x21..=0x7e) && !b"\",;\\%".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A W3C `traceparent` starting a new trace: random trace and span ids, not sampled.
@@ -245,6 +271,36 @@ mod tests {
             value,
             "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns,k8s.deployment.name=scraper,\
              service.name=scraper,service.version=v1"
+        );
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_token_is_left_out_of_forwarded() {
+        let src: SocketAddr = "10.0.0.1:4242".parse().unwrap();
+        // A comma would start a new element, a `;` a new pair, obs-text would make the whole
+        // value unreadable as text (the fuzzer's find): each would lose `for=`.
+        for host in ["a,for=10.9.9.9", "a;for=10.9.9.9", "K\u{fffd}s", "a b", ""] {
+            let value = forwarded(src, Some(host)).unwrap();
+            assert_eq!(value, "for=\"10.0.0.1:4242\"", "{host:?}");
+            assert_eq!(forwarded_for(&value), Some(src), "{host:?}");
+        }
+        let value = forwarded(src, Some("echo.demo.svc.cluster.local")).unwrap();
+        assert_eq!(forwarded_host(&value), Some("echo.demo.svc.cluster.local"));
+    }
+
+    #[test]
+    fn baggage_values_are_percent_encoded_to_baggage_octets() {
+        let mut source = crate::state::testing::test_workload("scraper", "10.0.0.1");
+        source.namespace = "n,s=x;y".to_owned();
+        source.canonical_name = "K\u{fffd}s 100%".to_owned();
+        source.canonical_revision = "\"v\\1\"".to_owned();
+        let value = baggage("Kubernetes", &source).unwrap();
+        // Readable as text (obs-text made `to_str` fail: the fuzzer's find), five members.
+        assert_eq!(
+            value.to_str().unwrap(),
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=n%2Cs=x%3By,\
+             k8s.deployment.name=scraper,service.name=K%EF%BF%BDs%20100%25,\
+             service.version=%22v%5C1%22"
         );
     }
 
