@@ -3,7 +3,8 @@
 //! A network configuration list (`.conflist`, CNI spec "Network configuration lists") runs its
 //! `plugins` in order; Ambit's plugin, `{"type": "ambit-cni", ...}`, goes last, after the
 //! cluster's network plugin has given the pod its addresses. A single configuration (`.conf`, a
-//! plugin object with a `type`) is converted to a list holding it and Ambit's plugin.
+//! plugin object with a `type`) is converted to a list holding it and Ambit's plugin; one whose
+//! type is Ambit's own is refused (there is no network plugin to chain after).
 //!
 //! Edits touch only what they must: inserting appends one element after the last one, with the
 //! separator the list already uses; every other byte of the file stays as it was, so other
@@ -41,6 +42,10 @@ pub enum ConfError {
     PluginsNotList,
     #[error("the JSON text could not be edited in place")]
     Layout,
+    #[error(
+        "a single configuration of type `{PLUGIN_TYPE}`: no network plugin to chain Ambit's after"
+    )]
+    OnlyAmbit,
 }
 
 /// Inserts `plugin` (a JSON object with `"type": "ambit-cni"`) into the configuration `text`.
@@ -61,6 +66,8 @@ pub(super) fn insert(text: &str, plugin: &Value) -> Result<Edit, ConfError> {
             append(&without, plugin).map(Edit::Updated)
         }
         (Some(_), _) => Err(ConfError::PluginsNotList),
+        // Ambit's plugin alone is no network: converting it would chain it twice.
+        (None, Some(kind)) if kind.as_str() == Some(PLUGIN_TYPE) => Err(ConfError::OnlyAmbit),
         (None, Some(_)) => Ok(Edit::Converted(convert(text, &conf, plugin))),
         (None, None) => Err(ConfError::NotNetwork),
     }

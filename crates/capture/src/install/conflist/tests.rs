@@ -85,6 +85,18 @@ fn a_single_configuration_becomes_a_list_holding_it_and_the_plugin() {
 }
 
 #[test]
+fn a_single_configuration_of_ambits_own_type_is_refused_not_chained_twice() {
+    // The fuzzer's find (fuzz/corpus/conflist/regression-single-ambit-conf): converting made a
+    // list holding Ambit's plugin twice, which the next insertion rewrote, and so on.
+    let text = "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"k8s-pod-network\",\n  \
+                \"type\": \"ambit-cni\",\n  \"log_level\": \"info\"\n}\n";
+    let err = insert(text, &ours()).unwrap_err();
+    assert!(matches!(err, ConfError::OnlyAmbit), "{err:?}");
+    assert!(err.to_string().contains("`ambit-cni`"), "{err}");
+    assert_eq!(remove(text).unwrap(), None);
+}
+
+#[test]
 fn stale_settings_and_duplicates_are_replaced_by_one_current_entry() {
     let mut stale = ours();
     stale["ambit"]["agent_socket"] = json!("/old/socket");
