@@ -16,16 +16,16 @@ use h2::client::{Connection, SendRequest};
 use http::{Method, Request, StatusCode, Version};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::stream::{H2Stream, Lease};
-use super::{HboneError, client_builder};
+use super::wire::ReadAhead;
+use super::{HboneError, SEND_AHEAD, client_builder};
 use crate::socket::{self, SocketFactory};
 
 /// A freshly opened HBONE connection: the request handle and the connection to drive.
-pub(crate) type Connected = (SendRequest<Bytes>, Connection<TlsStream<TcpStream>, Bytes>);
+pub(crate) type Connected = (SendRequest<Bytes>, Connection<TlsStream<ReadAhead>, Bytes>);
 
 /// What one CONNECT carries.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub(crate) async fn connect(
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
     let name = ServerName::IpAddress(addr.ip().into());
-    let handshake = TlsConnector::from(tls).connect(name, tcp);
+    let handshake = TlsConnector::from(tls).connect(name, ReadAhead::new(tcp));
     let tls = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -80,6 +80,8 @@ pub(crate) async fn connect(
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
         return Err(HboneError::NoH2 { addr });
     }
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_AHEAD));
     let handshake = client_builder(max_streams).handshake::<_, Bytes>(tls);
     match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(connected)) => Ok(connected),

@@ -16,6 +16,7 @@ pub(crate) mod headers;
 pub(crate) mod pool;
 pub(crate) mod server;
 pub(crate) mod stream;
+pub(crate) mod wire;
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +38,10 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
 /// Largest header block we accept; a CONNECT needs well under 1 KiB.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Encrypted bytes rustls may hold before a write waits for the socket: one large HTTP/2 DATA
+/// frame is sealed and handed to the kernel in one vectored write (rustls's default, 64 KiB,
+/// split a 256 KiB frame into four).
+pub(crate) const SEND_AHEAD: usize = 512 * 1024;
 /// Data queued per stream before the writer waits.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// Streams a peer may open and reset before we accept them, before the connection is closed as

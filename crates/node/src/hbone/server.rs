@@ -38,8 +38,9 @@ use crate::conn::{ConnInfo, bare_info, error_chain, identity_info, peer_info, se
 use crate::copy::{self, Transferred};
 use crate::drain::Kind;
 use crate::hbone::headers::{ConnectHead, forwarded_for, forwarded_host};
-use crate::hbone::server_builder;
 use crate::hbone::stream::H2Stream;
+use crate::hbone::wire::ReadAhead;
+use crate::hbone::{SEND_AHEAD, server_builder};
 use crate::proxy::authorize::authorize;
 use crate::proxy::inputs::Inputs;
 use crate::scope::Scope;
@@ -148,7 +149,12 @@ async fn establish(
         .await
         .map_err(|e| error_chain(&e))?;
     let timeout = inputs.config.timeouts.handshake;
-    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
+    let tls = match tokio::time::timeout(
+        timeout,
+        TlsAcceptor::from(config).accept(ReadAhead::new(tcp)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let failure = id_tls::classify_io(&e);
@@ -161,6 +167,8 @@ async fn establish(
     let Some(peer_id) = id_tls::peer_identity(tls.get_ref().1) else {
         return Err("the client presented no SPIFFE identity".to_owned());
     };
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_AHEAD));
     match tokio::time::timeout(timeout, server_builder().handshake::<_, Bytes>(tls)).await {
         Ok(Ok(conn)) => Ok((workload, peer_id, conn)),
         Ok(Err(e)) => Err(format!("HTTP/2 handshake failed: {e}")),
@@ -174,7 +182,7 @@ async fn establish(
 type Established = (
     Arc<Workload>,
     SpiffeId,
-    Connection<TlsStream<TcpStream>, Bytes>,
+    Connection<TlsStream<ReadAhead>, Bytes>,
 );
 
 /// One CONNECT stream on an established connection.
