@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
     "istio/zds/zds.proto",
+    "ambit/capture/pod.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/service/discovery/v3/ads.proto",
     "envoy/config/core/v3/base.proto",

@@ -390,6 +390,89 @@ fn a_running_pod_is_enrolled_by_label_and_opted_out_without_restart() {
     );
 }
 
+/// A pod created in a cluster's order (its object without an IP, then its sandbox, then CNI ADD
+/// with the IP in `prevResult`, then kubelet's `status.podIP`) is captured, handed to the node
+/// proxy and marked `ambient.istio.io/redirection: enabled` by the time ADD returns, so its
+/// very first connection, opened before kubelet wrote its IP, is carried over mutual TLS and
+/// nothing it sends crosses the wire in plaintext.
+#[test]
+fn a_pod_created_in_a_clusters_order_is_captured_before_add_returns() {
+    let n = 78;
+    let (mut mesh, dir) = mesh(n, &["node-a"], seed_cluster(n, "node-a"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let exporter = serve_exporter(&mesh, n);
+    let admin = mesh.node_addrs("node-a").unwrap().admin;
+
+    mesh.create_pod_object(Pod::new(
+        "prometheus",
+        "fresh",
+        "node-a",
+        Ipv4Addr::new(10, n, 1, 9),
+    ))
+    .unwrap();
+    mesh.create_sandbox("prometheus", "fresh").unwrap();
+    let fresh = netns(&mesh, "prometheus/fresh");
+    assert!(!captured(&fresh), "nothing in the sandbox before ADD");
+    mesh.cni_add("prometheus", "fresh").unwrap();
+
+    // The moment ADD returned: rules, node proxy, mark.
+    assert!(captured(&fresh), "rules in place when ADD returned");
+    let dump = ambit_localmesh::http::get(admin, "/config_dump", Duration::from_secs(5))
+        .unwrap()
+        .1;
+    assert!(
+        dump.contains("\"fresh\""),
+        "the node proxy has the pod: {dump}"
+    );
+    let objects = std::fs::read_to_string(dir.path().join("manifests/prometheus.yaml")).unwrap();
+    let fresh_object = objects
+        .split("\n---\n")
+        .find(|d| d.contains("fresh"))
+        .unwrap();
+    assert!(
+        fresh_object.contains("ambient.istio.io/redirection") && fresh_object.contains("enabled"),
+        "marked when ADD returned: {fresh_object}"
+    );
+    assert!(
+        !fresh_object.contains("podIP"),
+        "kubelet has not written the IP yet: {fresh_object}"
+    );
+
+    // The pod's first connection, before its status is written.
+    let capture = Capture::start(&mesh, dir.path());
+    let (tally, task) =
+        workloads::scrape_every(fresh.clone(), exporter, Duration::from_millis(200));
+    wait_for_ok("the first scrape", Duration::from_secs(20), &tally, 1);
+    task.abort();
+    let wire = capture.stop();
+    assert_eq!(
+        tally.failed(),
+        0,
+        "no attempt failed: {:?}",
+        tally.last_error()
+    );
+    assert!(
+        !any_contains(&wire, "GET /metrics"),
+        "nothing in plaintext on the wire"
+    );
+    let text = mesh.metrics("node-a").unwrap();
+    let opened = |policy: &str| {
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                "source_workload=\"fresh\"",
+                &format!("connection_security_policy=\"{policy}\""),
+            ],
+        )
+    };
+    assert!(opened("mutual_tls") >= 1.0, "{text}");
+    assert_eq!(opened("unknown"), 0.0, "no plaintext connection: {text}");
+
+    mesh.write_pod_status("prometheus", "fresh").unwrap();
+}
+
 #[test]
 fn a_node_proxy_restart_refuses_rather_than_leaks_and_then_recovers() {
     let n = 74;

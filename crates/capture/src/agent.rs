@@ -14,9 +14,15 @@
 //! the agent has no CNI event for (it ran before the agent, or its ADD was lost with the
 //! agent's state) is found by its addresses in procfs and captured too (see [`DiscoveryConfig`]).
 //!
-//! ADD semantics: an ADD of an enrolled pod returns once the rules are in place and the node
-//! proxy acknowledged the pod. When no node proxy is connected, it returns `Ok` as soon as the
-//! rules are in place: the pod fails closed (its redirected connections are refused, since
+//! ADD semantics: the agent decides from the pod's identity (namespace, name, uid from
+//! `CNI_ARGS`) with [`Enrollment::decide`], waiting up to [`AgentConfig::decide_timeout`] for a
+//! source that does not know the pod yet, and fails the ADD if it still cannot decide (the
+//! runtime retries; the pod never starts uncaptured). A pod that is not enrolled (opted out with
+//! `istio.io/dataplane-mode=none`, say) passes through. An ADD of an enrolled pod returns once
+//! the rules are in place, the node proxy acknowledged the pod and the pod is marked
+//! `ambient.istio.io/redirection: enabled` (see [`crate::marker`]); a failed mark fails the ADD.
+//! When no node proxy is connected, it returns `Ok` as soon as the rules are in place, unmarked
+//! (marked once the node proxy acknowledged it): the pod fails closed (its redirected connections are refused, since
 //! nothing listens on 15001/15006 in its netns) until the node proxy connects and receives it
 //! in the replay. Failing the ADD instead would make every pod on a node wait for the node
 //! proxy, including pods the node proxy itself may depend on. A rules failure or a node proxy
@@ -47,6 +53,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::enrollment::{Enrollment, PodName};
+use crate::marker::{MarkError, NoMarker, PodMarker};
 use crate::rules::{Rules, RulesError};
 use crate::zds::{AckState, Zds, ZdsConfig, ZdsError};
 
@@ -76,6 +83,11 @@ pub struct AgentConfig {
     /// (`/var/run/netns/cni-…`); under this root the agent finds it at
     /// `/host/var/run/netns/cni-…`, and falls back to the path as given.
     pub host_root: Option<PathBuf>,
+    /// How long an ADD waits for the enrollment source to know the pod before it fails (the
+    /// runtime retries it). Below the plugin's timeout for the agent's answer.
+    pub decide_timeout: Duration,
+    /// Where captured pods are marked `ambient.istio.io/redirection: enabled`.
+    pub marker: Arc<dyn PodMarker>,
 }
 
 impl AgentConfig {
@@ -87,6 +99,8 @@ impl AgentConfig {
             resync_interval: Duration::from_secs(60),
             discovery: Some(DiscoveryConfig::default()),
             host_root: None,
+            decide_timeout: Duration::from_secs(5),
+            marker: Arc::new(NoMarker),
         }
     }
 }
@@ -116,6 +130,8 @@ pub struct PodStatus {
     pub rules_installed: bool,
     /// The node proxy acknowledged the pod on its current connection or an earlier one.
     pub acked: bool,
+    /// The pod's object carries `ambient.istio.io/redirection: enabled`, set by this agent.
+    pub marked: bool,
     /// Why the capture is not confirmed, when it failed.
     pub error: Option<String>,
 }
@@ -144,6 +160,15 @@ pub enum AgentError {
         #[source]
         source: ZdsError,
     },
+    /// The enrollment source could not say whether to capture the pod in time.
+    #[error("pod {pod}: cannot decide whether to capture it: {reason}")]
+    Undecided { pod: PodName, reason: String },
+    #[error("pod {pod}: captured, but not marked for the control plane")]
+    Mark {
+        pod: PodName,
+        #[source]
+        source: MarkError,
+    },
     #[error("pod {pod}: enrolled but not known to the agent")]
     Unknown { pod: PodName },
     #[error("pod {pod}: the redirection rules are not in place")]
@@ -171,6 +196,8 @@ struct Inner {
     store: StateStore,
     discovery: Option<Discoverer>,
     host_root: Option<PathBuf>,
+    decide_timeout: Duration,
+    marker: Arc<dyn PodMarker>,
     pods: tokio::sync::Mutex<BTreeMap<PodName, Pod>>,
     reconciler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -191,6 +218,8 @@ impl Agent {
             store,
             discovery: config.discovery.map(Discoverer::new),
             host_root: config.host_root,
+            decide_timeout: config.decide_timeout,
+            marker: config.marker,
             pods: tokio::sync::Mutex::default(),
             reconciler: Mutex::default(),
         });
@@ -294,6 +323,7 @@ impl Inner {
             enrolled: self.enrollment.enrolled(name).is_some(),
             rules_installed: pod.rules_installed,
             acked: ack == Some(AckState::Acked),
+            marked: pod.marked,
             error,
         }
     }

@@ -1,7 +1,8 @@
 //! The capture agent's run, start to exit (what `ambit cni` calls).
 //!
 //! In order: the redirection rules' backend is chosen; the agent follows the control plane's
-//! WDS for enrollment (the same channel and token as the node proxy's) and starts ([`Agent`]),
+//! per-pod decisions for enrollment (the same channel and token as the node proxy's), picks
+//! where captured pods are marked (the Kubernetes API, or a manifest directory) and starts ([`Agent`]),
 //! picking up the pods of its state file; it waits (at most [`ENROLLMENT_SYNC_WAIT`]) for the
 //! control plane's full view, then listens for the CNI plugin, and only then, with
 //! `install`, puts the plugin on the node, since the runtime calls the plugin as soon as it is
@@ -14,19 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_app::Shutdown;
-use ambit_identity::{ControlPlaneEndpoint, TrustDomain};
+use ambit_identity::ControlPlaneEndpoint;
 use anyhow::Context;
 
-use crate::enrollment::WdsEnrollmentConfig;
+use crate::enrollment::ControlPlaneEnrollmentConfig;
 use crate::install::{InstallConfig, InstallWatch, Installer};
+use crate::marker::{KubeMarker, ManifestMarker, PodMarker};
 use crate::plugin::EventServer;
 use crate::zds::ZdsConfig;
-use crate::{Agent, AgentConfig, BackendChoice, DiscoveryConfig, Enrollment, Rules, WdsEnrollment};
+use crate::{
+    Agent, AgentConfig, BackendChoice, ControlPlaneEnrollment, DiscoveryConfig, Enrollment, Rules,
+};
 
 /// How long the agent waits for the control plane's first answer before taking plugin events
-/// anyway. Until then a pod's ADD fails with "try again later" and the runtime retries it, so
-/// pods do not start uncaptured; past it, the control plane being down must not stop every
-/// pod on the node from starting (it may be one of them).
+/// anyway. Until then the plugin finds no agent and the runtime retries the pod; past it, each
+/// ADD is decided on its own, failing while the control plane has not described the pod. The
+/// control plane's own pods are not held up: their namespace is excluded from the plugin.
 pub const ENROLLMENT_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a capture agent's run needs.
@@ -35,9 +39,7 @@ pub struct AppConfig {
     /// This node: pods with this `spec.nodeName` are captured here.
     pub node_name: String,
     pub cluster_id: String,
-    /// Trust domain of workloads whose WDS resource names none.
-    pub trust_domain: TrustDomain,
-    /// The control plane's WDS.
+    /// The control plane (its per-pod enrollment decisions).
     pub control_plane: ControlPlaneEndpoint,
     pub backend: BackendChoice,
     /// Where the agent keeps its pod records across restarts.
@@ -50,6 +52,11 @@ pub struct AppConfig {
     pub procfs: Option<PathBuf>,
     /// Where the host's folders are mounted (`None`: `/host` when `/host/proc` exists).
     pub host_root: Option<PathBuf>,
+    /// Mark captured pods in this manifest directory; `None`: through the Kubernetes API
+    /// (in-cluster service account, or `KUBECONFIG`).
+    pub pod_manifests: Option<PathBuf>,
+    /// How long an ADD waits for the control plane to describe its pod before failing.
+    pub decide_timeout: Duration,
     /// Put the plugin on the node (Istio's install-cni); `None`: someone else does.
     pub install: Option<InstallOptions>,
 }
@@ -80,11 +87,11 @@ pub async fn run(config: AppConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         .context("cannot watch SIGTERM and SIGINT")?;
     let rules =
         Rules::new(config.backend).context("cannot write redirection rules on this host")?;
-    let enrollment = WdsEnrollment::new(WdsEnrollmentConfig {
+    let enrollment = ControlPlaneEnrollment::new(ControlPlaneEnrollmentConfig {
         node_name: config.node_name.clone(),
         cluster_id: config.cluster_id.clone(),
-        trust_domain: config.trust_domain.clone(),
     });
+    let marker = marker(config.pod_manifests.as_deref()).await?;
     let channel = config.control_plane.channel()?;
     let wds = enrollment.start(channel, config.control_plane.bearer_token());
     let mut agent_config = AgentConfig::new(
@@ -92,6 +99,8 @@ pub async fn run(config: AppConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         ZdsConfig::new(&config.zds_socket),
         rules.clone(),
     );
+    agent_config.marker = marker;
+    agent_config.decide_timeout = config.decide_timeout;
     if let Some(procfs) = &config.procfs {
         agent_config.discovery = Some(DiscoveryConfig::new(procfs));
     }
@@ -167,9 +176,21 @@ fn install_cni(install: &InstallOptions, plugin_socket: &Path) -> anyhow::Result
     Ok(installer.watch())
 }
 
+/// Where captured pods are marked: the manifest directory when given, else the Kubernetes API
+/// (in-cluster service account, or `KUBECONFIG`).
+async fn marker(pod_manifests: Option<&Path>) -> anyhow::Result<Arc<dyn PodMarker>> {
+    if let Some(dir) = pod_manifests {
+        return Ok(Arc::new(ManifestMarker::new(dir)));
+    }
+    let marker = KubeMarker::from_environment().await.context(
+        "the agent marks captured pods through the Kubernetes API and has no client for it (pass --pod-manifests to mark them in a manifest directory)",
+    )?;
+    Ok(Arc::new(marker))
+}
+
 /// Waits until the enrollment source has the control plane's full view, at most
 /// [`ENROLLMENT_SYNC_WAIT`].
-async fn wait_for_sync(enrollment: &WdsEnrollment) {
+async fn wait_for_sync(enrollment: &ControlPlaneEnrollment) {
     let mut changes = enrollment.changes();
     let synced = async {
         while !enrollment.synced() {

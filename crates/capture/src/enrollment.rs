@@ -7,10 +7,14 @@
 //! [`crate::discovery`]). Two sources exist:
 //!
 //! - [`StaticEnrollment`]: an in-memory set changed by method calls (tests, the demo);
-//! - [`WdsEnrollment`]: the control plane's WDS, where a pod is enrolled iff its `Workload` is
-//!   on this node and speaks HBONE, exactly what the node proxy will serve.
+//! - [`ControlPlaneEnrollment`]: the control plane's decision for every pod on this node, known
+//!   from the moment the pod's object exists (before it has an IP).
+//!
+//! At CNI ADD the agent asks [`Enrollment::decide`], which may answer "not known yet": the
+//! agent then waits a bounded time for the source and fails the ADD if it still cannot decide,
+//! so a pod never starts uncaptured because its decision was late.
 
-mod wds;
+mod control_plane;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,7 +22,7 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-pub use wds::{WdsEnrollment, WdsEnrollmentConfig};
+pub use control_plane::{ControlPlaneEnrollment, ControlPlaneEnrollmentConfig};
 
 /// A pod by Kubernetes name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,10 +56,31 @@ pub struct Enrolled {
     pub ips: Vec<IpAddr>,
 }
 
+/// The answer for one pod at CNI ADD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Enrolled(Enrolled),
+    /// Not carried by the mesh; why (e.g. `istio.io/dataplane-mode=none` on the pod).
+    NotEnrolled(String),
+    /// The source cannot answer yet; why.
+    Unknown(String),
+}
+
 /// A source of enrollment decisions.
 pub trait Enrollment: Send + Sync + 'static {
     /// `Some` when `pod` is enrolled.
     fn enrolled(&self, pod: &PodName) -> Option<Enrolled>;
+
+    /// The decision for a pod at CNI ADD; `uid` is the runtime's `K8S_POD_UID`, when it passed
+    /// one, so an answer about an earlier pod of the same name is not taken for this one. A
+    /// source that knows every pod answers from [`Enrollment::enrolled`].
+    fn decide(&self, pod: &PodName, uid: Option<&str>) -> Decision {
+        let _ = uid;
+        match self.enrolled(pod) {
+            Some(enrolled) => Decision::Enrolled(enrolled),
+            None => Decision::NotEnrolled("not enrolled".to_owned()),
+        }
+    }
 
     /// Every enrolled pod.
     fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)>;
@@ -148,6 +173,10 @@ impl Enrollment for StaticEnrollment {
 impl<T: Enrollment + ?Sized> Enrollment for std::sync::Arc<T> {
     fn enrolled(&self, pod: &PodName) -> Option<Enrolled> {
         (**self).enrolled(pod)
+    }
+
+    fn decide(&self, pod: &PodName, uid: Option<&str>) -> Decision {
+        (**self).decide(pod, uid)
     }
 
     fn enrolled_pods(&self) -> Vec<(PodName, Enrolled)> {

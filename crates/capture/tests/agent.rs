@@ -146,6 +146,7 @@ async fn an_enrolled_pod_is_captured_and_handed_to_the_node_proxy() {
             enrolled: true,
             rules_installed: true,
             acked: true,
+            marked: true,
             error: None,
         }
     );

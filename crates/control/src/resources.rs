@@ -3,7 +3,9 @@
 //! Workloads and services are also reachable under the `<network>/<ip>` names a node proxy
 //! uses for on-demand lookups of an address it has not seen (ztunnel's form), as aliases.
 
-use ambit_model::{MeshConfig, MeshSnapshot};
+use ambit_model::enroll::enrollment;
+use ambit_model::{ClusterState, MeshConfig, MeshSnapshot};
+use ambit_proto::capture::PodEnrollment;
 use ambit_xds::server::Resource;
 use ambit_xds::wds::ip_from_bytes;
 use prost::Message;
@@ -85,6 +87,64 @@ pub(crate) fn authorizations(snapshot: &MeshSnapshot) -> Vec<Resource> {
             Resource::new(name, body)
         })
         .collect()
+}
+
+/// One `ambit.capture.PodEnrollment` per pod, named `<namespace>/<name>`, from the moment its
+/// object exists: the capture agent decides at CNI ADD, before the pod has an IP, and a pod
+/// without a resource is one it cannot decide yet. Finished pods are left out (a runtime
+/// starts no sandbox for them).
+pub(crate) fn pod_enrollments(state: &ClusterState) -> Vec<Resource> {
+    state
+        .pods
+        .iter()
+        .filter(|(_, pod)| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .map(|((namespace, name), pod)| {
+            let decision = enrollment(pod, state.namespaces.get(namespace));
+            let spec = pod.spec.as_ref();
+            let status = pod.status.as_ref();
+            let mut addresses: Vec<Vec<u8>> = status
+                .and_then(|s| s.pod_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.ip.parse::<std::net::IpAddr>().ok())
+                .map(ip_octets)
+                .collect();
+            if addresses.is_empty()
+                && let Some(ip) = status.and_then(|s| s.pod_ip.as_deref())
+                && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+            {
+                addresses.push(ip_octets(ip));
+            }
+            let message = PodEnrollment {
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                service_account: spec
+                    .and_then(|s| s.service_account_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".to_owned()),
+                enrolled: decision.is_enrolled(),
+                reason: decision.reason().to_owned(),
+                addresses,
+            };
+            let body = prost_types::Any {
+                type_url: ambit_proto::POD_ENROLLMENT_TYPE_URL.to_owned(),
+                value: message.encode_to_vec(),
+            };
+            Resource::new(format!("{namespace}/{name}"), body)
+        })
+        .collect()
+}
+
+fn ip_octets(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
 }
 
 #[cfg(test)]

@@ -234,9 +234,9 @@ impl ControlPlane {
         let ca = Arc::new(ca);
 
         let store = Store::new();
-        let first = state.update_quietly(|s| {
+        let (first, pods) = state.update_quietly(|s| {
             s.take_dirty();
-            translate(s, &config.mesh)
+            (translate(s, &config.mesh), resources::pod_enrollments(s))
         });
         // Policies before addresses: a workload should never list a policy not yet served.
         store.replace_all(
@@ -247,6 +247,7 @@ impl ControlPlane {
             ambit_proto::ADDRESS_TYPE_URL,
             resources::addresses(&first, &config.mesh),
         );
+        store.replace_all(ambit_proto::POD_ENROLLMENT_TYPE_URL, pods);
         let snapshot = SnapshotView::new(first);
         tasks.spawn(translate_loop(
             state.clone(),
@@ -388,10 +389,13 @@ async fn translate_loop(
         // Only the namespaces touched since the last pass are translated again; the dirty set
         // is taken under the same lock as the read, so no change slips between them.
         snapshot.update(|current| {
-            let changed = state.update_quietly(|s| {
+            let (changed, pods) = state.update_quietly(|s| {
                 let dirty = s.take_dirty();
-                retranslate(s, &mesh, current, &dirty)
+                let changed = retranslate(s, &mesh, current, &dirty);
+                (changed, resources::pod_enrollments(s))
             });
+            // Pods first: an agent waiting to decide a pod's ADD hears of it as early as can be.
+            store.replace_all(ambit_proto::POD_ENROLLMENT_TYPE_URL, pods);
             match changed {
                 Some(changes) => {
                     let upserts = resources::addresses_named(current, &mesh, &changes.upserts);

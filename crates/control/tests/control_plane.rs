@@ -14,6 +14,7 @@ use ambit_identity::grpc::{CaClient, plaintext_channel, tls_channel};
 use ambit_identity::manager::{CertificateManager, ManagerConfig, ManagerError};
 use ambit_identity::{SpiffeId, SystemClock};
 use ambit_model::MeshConfig;
+use ambit_proto::capture::PodEnrollment;
 use ambit_proto::envoy::config::core::v3::Node;
 use ambit_proto::workload::{Address, TunnelProtocol, address};
 use ambit_testkit::eventually;
@@ -73,7 +74,8 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 fn pod(name: &str, sa: &str, node: &str, ip: &str) -> String {
     format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: prometheus, labels: {{app: {name}}}}}\n\
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: prometheus, labels: {{app: {name}}}, \
+         annotations: {{ambient.istio.io/redirection: enabled}}}}\n\
          spec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: c}}]}}\n\
          status: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
     )
@@ -312,6 +314,127 @@ async fn tls_port_requires_a_token_and_the_ca_authorizes_by_node() {
             && workloads.contains("\"HBONE\""),
         "{workloads}"
     );
+}
+
+/// Mirrors the `ambit.capture.PodEnrollment` resources a capture agent follows.
+#[derive(Debug, Default)]
+struct PodMirror {
+    pods: Mutex<BTreeMap<String, PodEnrollment>>,
+}
+
+impl Handler for PodMirror {
+    fn handle(&self, _type_url: &str, update: Update) -> Result<(), String> {
+        let mut pods = self.pods.lock().unwrap();
+        for r in update.upserts {
+            let pod = PodEnrollment::decode(r.body.value.as_slice()).map_err(|e| e.to_string())?;
+            pods.insert(r.name, pod);
+        }
+        for name in update.removals {
+            pods.remove(&name);
+        }
+        Ok(())
+    }
+}
+
+impl PodMirror {
+    fn get(&self, name: &str) -> Option<PodEnrollment> {
+        self.pods.lock().unwrap().get(name).cloned()
+    }
+}
+
+/// A cluster's order: the pod's object exists without an IP (the capture agent must decide at
+/// CNI ADD from it), the agent marks it, kubelet writes its IP. The control plane describes
+/// the pod with its decision from the first step, and advertises it over HBONE only once it
+/// is marked.
+#[tokio::test]
+async fn a_pod_is_decided_before_it_has_an_ip_and_speaks_hbone_once_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = start(dir.path()).await;
+    let addr = control.addrs().plaintext.unwrap().to_string();
+    let channel = plaintext_channel(&addr).unwrap();
+    let pods = Arc::new(PodMirror::default());
+    let config = ClientConfig::new(node("ambit-cni-node-a"))
+        .subscribe(ambit_proto::POD_ENROLLMENT_TYPE_URL, Subscription::Wildcard);
+    let connect = {
+        let channel = channel.clone();
+        move || std::future::ready(Ok(channel.clone()))
+    };
+    let _pods_client = XdsClient::new(connect, config, pods.clone()).start();
+    let mirror = Arc::new(Mirror::default());
+    let _wds = wds_client(channel, mirror.clone(), None);
+
+    // 1. The object, scheduled to node-a, without an IP or the mark.
+    let manifests = dir.path().join("manifests");
+    let fresh = |annotations: &str, status: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fresh, namespace: prometheus, uid: u-fresh, \
+             labels: {{app: fresh}}, annotations: {{{annotations}}}}}\n\
+             spec: {{serviceAccountName: fresh-sa, nodeName: node-a, containers: [{{name: c}}]}}\n\
+             status: {status}\n"
+        )
+    };
+    let optout = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: batch, namespace: prometheus, uid: u-batch, \
+         labels: {app: batch, istio.io/dataplane-mode: none}}\n\
+         spec: {nodeName: node-a, containers: [{name: c}]}\nstatus: {phase: Pending}\n";
+    write(
+        &manifests,
+        "fresh.yaml",
+        &(fresh("", "{phase: Pending}") + optout),
+    );
+    eventually!(observe = pods.get("prometheus/fresh"), |p| p.is_some());
+    let described = pods.get("prometheus/fresh").unwrap();
+    assert!(described.enrolled, "{described:?}");
+    assert_eq!(
+        (
+            described.uid.as_str(),
+            described.node.as_str(),
+            described.service_account.as_str()
+        ),
+        ("u-fresh", "node-a", "fresh-sa")
+    );
+    assert!(described.addresses.is_empty(), "no IP yet");
+    assert!(
+        described.reason.contains("istio.io/dataplane-mode"),
+        "{described:?}"
+    );
+    eventually!(observe = pods.get("prometheus/batch"), |p| p.is_some());
+    let batch = pods.get("prometheus/batch").unwrap();
+    assert!(
+        !batch.enrolled && batch.reason.contains("none"),
+        "{batch:?}"
+    );
+    assert_eq!(batch.service_account, "default");
+
+    // 2. kubelet writes the IP before the agent's mark lands: served, but not over HBONE.
+    let running = "{phase: Running, podIP: 10.0.0.7, conditions: [{type: Ready, status: 'True'}]}";
+    write(&manifests, "fresh.yaml", &(fresh("", running) + optout));
+    let uid = "Kubernetes//Pod/prometheus/fresh";
+    eventually!(observe = mirror.workload_protocol(uid), |p| p
+        == Some(TunnelProtocol::None as i32));
+    eventually!(observe = pods.get("prometheus/fresh"), |p| p
+        .as_ref()
+        .is_some_and(|p| p.addresses == [vec![10, 0, 0, 7]]));
+
+    // 3. Marked captured: HBONE.
+    write(
+        &manifests,
+        "fresh.yaml",
+        &(fresh("ambient.istio.io/redirection: enabled", running) + optout),
+    );
+    eventually!(observe = mirror.workload_protocol(uid), |p| p
+        == Some(TunnelProtocol::Hbone as i32));
+
+    // 4. Finished: no longer described (no sandbox will be made for it).
+    write(
+        &manifests,
+        "fresh.yaml",
+        &fresh(
+            "ambient.istio.io/redirection: enabled",
+            "{phase: Succeeded}",
+        ),
+    );
+    eventually!(observe = pods.get("prometheus/fresh"), |p| p.is_none());
+    eventually!(observe = pods.get("prometheus/batch"), |p| p.is_none());
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,8 +1,16 @@
 //! The local cluster on paper: namespaces and pods, written as the Kubernetes manifests the
 //! control plane reads from its directory (one file per namespace, rewritten whole on change,
 //! so relabeling a namespace is one atomic rename).
+//!
+//! The directory has a second writer: the capture agent marks the pods it captured
+//! (`ambient.istio.io/redirection`, see `ambit_capture::marker`). Both hold the directory's
+//! writer lock ([`ambit_model::manifest_dir`]) and a rewrite keeps the annotations a pod of the
+//! same uid carries on disk, as the API server keeps a pod's annotations when kubelet writes
+//! its status.
 
 use std::collections::BTreeMap;
+
+use ambit_model::manifest_dir;
 use std::fmt::Write as _;
 use std::io;
 use std::net::Ipv4Addr;
@@ -29,6 +37,9 @@ pub struct Pod {
     pub node: String,
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
+    /// kubelet has written the pod's status (`podIP`, Ready): only after its sandbox's CNI ADD
+    /// succeeded. Until then the object has no IP, as on a cluster.
+    pub started: bool,
 }
 
 /// Namespaces and pods of the local cluster.
@@ -64,6 +75,7 @@ impl Pod {
             node: node.to_owned(),
             ip,
             labels: BTreeMap::new(),
+            started: false,
         }
     }
 
@@ -85,23 +97,37 @@ impl Pod {
         )
     }
 
-    fn manifest(&self) -> String {
+    /// The pod's object; `annotations` are the ones others set on it (kept across rewrites).
+    fn manifest(&self, annotations: &BTreeMap<String, String>) -> String {
         let mut labels = format!("app: {}", quote(&self.app));
         for (k, v) in &self.labels {
             let _ = write!(labels, ", {}: {}", quote(k), quote(v));
         }
+        let mut annotation_text = String::new();
+        for (k, v) in annotations {
+            let sep = if annotation_text.is_empty() { "" } else { ", " };
+            let _ = write!(annotation_text, "{sep}{}: {}", quote(k), quote(v));
+        }
+        let status = if self.started {
+            format!(
+                "{{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}], \
+                 conditions: [{{type: Ready, status: 'True'}}]}}",
+                ip = self.ip
+            )
+        } else {
+            "{phase: Pending}".to_owned()
+        };
         format!(
             "apiVersion: v1\nkind: Pod\n\
-             metadata: {{name: {name}, namespace: {ns}, uid: {uid}, labels: {{{labels}}}}}\n\
+             metadata: {{name: {name}, namespace: {ns}, uid: {uid}, labels: {{{labels}}}, \
+             annotations: {{{annotation_text}}}}}\n\
              spec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: main}}]}}\n\
-             status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}], \
-             conditions: [{{type: Ready, status: 'True'}}]}}\n",
+             status: {status}\n",
             name = quote(&self.name),
             ns = quote(&self.namespace),
             uid = quote(&self.uid()),
             sa = quote(&self.service_account),
             node = quote(&self.node),
-            ip = self.ip,
         )
     }
 }
@@ -127,7 +153,14 @@ impl Cluster {
     /// Pods), each atomically, and removes files of namespaces that are gone.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
+        let _lock = manifest_dir::lock(dir)?;
         for ns in &self.namespaces {
+            let path = dir.join(format!("{}.yaml", ns.name));
+            let kept = match std::fs::read_to_string(&path) {
+                Ok(text) => manifest_dir::pod_annotations(&text),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+                Err(e) => return Err(e),
+            };
             let mut yaml = String::new();
             let mut labels = String::new();
             for (k, v) in &ns.labels {
@@ -147,9 +180,10 @@ impl Cluster {
                     quote(&ns.name)
                 );
                 yaml.push_str("---\n");
-                yaml.push_str(&pod.manifest());
+                let key = (pod.namespace.clone(), pod.name.clone(), pod.uid());
+                let annotations = kept.get(&key).cloned().unwrap_or_default();
+                yaml.push_str(&pod.manifest(&annotations));
             }
-            let path = dir.join(format!("{}.yaml", ns.name));
             let tmp = dir.join(format!(".{}.yaml.tmp", ns.name));
             std::fs::write(&tmp, yaml)?;
             std::fs::rename(&tmp, &path)?;

@@ -1,7 +1,11 @@
 //! The whole local mesh: the wire and pods ([`Topology`]), the control plane reading the
 //! cluster's manifests, and per node a capture agent and a node proxy in in-pod mode, all as
-//! `ambit` processes. This process plays the container runtime: it creates each pod's
-//! namespace and calls the CNI plugin (`ambit cni plugin`) exactly as a runtime would.
+//! `ambit` processes. This process plays the API server's client, kubelet and the container
+//! runtime in a cluster's order: it writes the pod's object without an IP, creates the pod's
+//! network namespace, calls the CNI plugin's ADD (`ambit cni plugin`) with the IP in
+//! `prevResult` exactly as a runtime would, and only once ADD succeeded writes the pod's
+//! status (`podIP`, Ready). The capture agents mark captured pods in the same manifest
+//! directory (`--pod-manifests`).
 //!
 //! Addresses: the roles listen on loopback, the control plane on [`Options::roles`] and node
 //! `k`'s admin, stats and readiness servers on the addresses after it; pods live on
@@ -229,27 +233,64 @@ impl LocalMesh {
         &self.options.dir
     }
 
-    /// Creates a pod: writes its manifest, waits until the control plane serves it, makes its
-    /// namespace on the wire and calls the CNI plugin's ADD (retried while the agent is away,
-    /// as a runtime retries sandbox creation).
+    /// Creates a pod in a cluster's order: [`create_pod_object`](Self::create_pod_object),
+    /// [`create_sandbox`](Self::create_sandbox), CNI ADD retried while it fails (the agent away
+    /// or undecided, as a runtime retries sandbox creation), then
+    /// [`write_pod_status`](Self::write_pod_status). Returns once the control plane serves the
+    /// pod's address.
     pub fn add_pod(&mut self, pod: Pod) -> Result<(), MeshError> {
-        let key = pod.key();
-        let node = self
-            .node_index(&pod.node)
-            .ok_or_else(|| MeshError::Unknown(format!("node {} of pod {key}", pod.node)))?;
-        self.cluster.pods.retain(|p| p.key() != key);
-        self.cluster.pods.push(pod.clone());
-        self.write_manifests()?;
-        self.wait_control_knows(&pod)?;
-        self.topology.add_pod(&key, pod.ip)?;
+        let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
+        self.create_pod_object(pod)?;
+        self.create_sandbox(&namespace, &name)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match self.cni("ADD", &pod, node) {
-                Ok(()) => return Ok(()),
+            match self.cni_add(&namespace, &name) {
+                Ok(()) => break,
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+        self.write_pod_status(&namespace, &name)
+    }
+
+    /// The API server's part: the pod's object, scheduled to its node, without an IP. It
+    /// replaces a pod of the same namespace and name.
+    pub fn create_pod_object(&mut self, mut pod: Pod) -> Result<(), MeshError> {
+        let key = pod.key();
+        self.node_index(&pod.node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {} of pod {key}", pod.node)))?;
+        pod.started = false;
+        self.cluster.pods.retain(|p| p.key() != key);
+        self.cluster.pods.push(pod);
+        self.write_manifests()
+    }
+
+    /// The runtime's part before ADD: the pod's network namespace on the wire, with its IP
+    /// (which IPAM hands out during ADD on a cluster; here it is fixed in advance).
+    pub fn create_sandbox(&mut self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let pod = self.known_pod(namespace, name)?;
+        self.topology.add_pod(&pod.key(), pod.ip)?;
+        Ok(())
+    }
+
+    /// One CNI ADD of the pod's sandbox, its IP in `prevResult`, as the runtime runs it.
+    pub fn cni_add(&self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let pod = self.known_pod(namespace, name)?;
+        let node = self.known_node(&pod.node)?;
+        self.cni("ADD", &pod, node)
+    }
+
+    /// kubelet's part after ADD succeeded: the pod's status (`podIP`, Ready). Returns once the
+    /// control plane serves the pod's address.
+    pub fn write_pod_status(&mut self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let pod = self
+            .cluster
+            .pod_mut(namespace, name)
+            .ok_or_else(|| MeshError::Unknown(format!("pod {namespace}/{name}")))?;
+        pod.started = true;
+        let pod = pod.clone();
+        self.write_manifests()?;
+        self.wait_control_knows(&pod)
     }
 
     /// Deletes a pod: CNI DEL, then its namespace, then its manifest.
@@ -365,6 +406,8 @@ impl LocalMesh {
                 "--xds-address",
                 &format!("{control}:{}", ports::XDS_PLAINTEXT),
                 "--xds-plaintext",
+                "--pod-manifests",
+                &self.options.dir.join("manifests").display().to_string(),
             ]),
             self.options.sink.clone(),
         )
@@ -509,6 +552,13 @@ impl LocalMesh {
         });
         let sharing = ztunnels.max(self.nodes.len() - ztunnels).max(1);
         Some((cpus / sharing).max(1))
+    }
+
+    fn known_pod(&self, namespace: &str, name: &str) -> Result<Pod, MeshError> {
+        self.cluster
+            .pod(namespace, name)
+            .cloned()
+            .ok_or_else(|| MeshError::Unknown(format!("pod {namespace}/{name}")))
     }
 
     fn node_index(&self, name: &str) -> Option<usize> {

@@ -11,6 +11,21 @@ pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 /// Set by Istio's sidecar injector on pods that carry a sidecar proxy.
 pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 
+/// Set by the capture agent (istio-cni, or Ambit's) on a pod once its traffic is redirected to
+/// the node proxy: `enabled`. The control plane advertises the pod over HBONE only then.
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// The value of [`REDIRECTION_ANNOTATION`] on a captured pod.
+pub const REDIRECTION_ENABLED: &str = "enabled";
+
+/// Whether the pod carries `ambient.istio.io/redirection: enabled`.
+pub fn redirected(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REDIRECTION_ANNOTATION))
+        .is_some_and(|v| v == REDIRECTION_ENABLED)
+}
+
 /// Whether a pod's traffic is carried by the mesh, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

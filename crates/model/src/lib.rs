@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod fuzz;
 pub mod istio;
 pub mod manifest;
+pub mod manifest_dir;
 pub mod objects;
 pub mod state;
 pub mod translate;

@@ -70,7 +70,7 @@ fn parse_document(body: &str) -> Result<Vec<Object>, DocumentError> {
 
 /// Splits at `---` lines (a document start marker at column 0) and `...` end markers.
 /// Returns each document's first line number (1-based) and its text.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+pub(crate) fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut start_line = 1;

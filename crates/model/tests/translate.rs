@@ -37,6 +37,7 @@ metadata:
   name: {name}
   namespace: {ns}
   labels: {{app: {name}-app{extra_labels}}}
+  annotations: {{ambient.istio.io/redirection: enabled}}
 spec:
   serviceAccountName: {name}-sa
   nodeName: node-a
@@ -124,6 +125,30 @@ fn enrollment_sets_tunnel_protocol() {
     }
     let hostnet = &mesh.workloads["Kubernetes//Pod/prometheus/hostnet"];
     assert_eq!(hostnet.network_mode, NetworkMode::HostNetwork as i32);
+}
+
+/// As istiod: an enrolled pod is advertised over HBONE only once its capture agent marked it
+/// `ambient.istio.io/redirection: enabled`, so no peer tunnels to a pod not yet captured; any
+/// other value, or none, leaves it plaintext (its address is still served).
+#[test]
+fn an_enrolled_pod_speaks_hbone_only_once_marked_captured() {
+    let marked = pod("prometheus", "scraper", "10.0.0.1", "", "");
+    let unmarked = pod("prometheus", "fresh", "10.0.0.2", "", "")
+        .replace("ambient.istio.io/redirection: enabled", "");
+    let other = pod("prometheus", "odd", "10.0.0.3", "", "")
+        .replace("redirection: enabled", "redirection: disabled");
+    let mesh = mesh(&[NAMESPACES.to_owned(), marked, unmarked, other].concat());
+    for (name, protocol) in [
+        ("scraper", TunnelProtocol::Hbone),
+        ("fresh", TunnelProtocol::None),
+        ("odd", TunnelProtocol::None),
+    ] {
+        let w = &mesh.workloads[&format!("Kubernetes//Pod/prometheus/{name}")];
+        assert_eq!(w.tunnel_protocol, protocol as i32, "{name}");
+        assert!(!w.addresses.is_empty(), "{name} is served");
+    }
+    let fresh = mesh.pods.iter().find(|p| p.name == "fresh").unwrap();
+    assert_eq!(fresh.enrollment, Enrollment::Namespace, "still enrolled");
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | [`security`] | `istio.security` | L4 policy: [`security::Authorization`], served under [`AUTHORIZATION_TYPE_URL`] |
 //! | [`ca`] | `istio.v1.auth` | certificate signing: `IstioCertificateService/CreateCertificate` |
 //! | [`zds`] | `istio.workload.zds` | capture agent ↔ node proxy messages over a Unix seqpacket socket |
+//! | [`capture`] | `ambit.capture` | Ambit's own: every pod with its enrollment decision, from its object's creation (before it has an IP), served to Ambit's capture agents under [`POD_ENROLLMENT_TYPE_URL`] |
 //! | [`envoy::service::discovery::v3`] | `envoy.service.discovery.v3` | xDS messages and the ADS service (WDS uses the delta stream) |
 //! | [`envoy::config::core::v3`] | `envoy.config.core.v3` | `Node`, `Locality`, `ControlPlane`, `Metadata` (subset) |
 //! | [`envoy::type::v3`] | `envoy.type.v3` | `SemanticVersion` |
@@ -81,6 +82,12 @@ generated!(
     "istio.workload.zds.rs"
 );
 
+generated!(
+    /// `ambit.capture`: Ambit's own resource for its capture agents (no Istio counterpart).
+    capture,
+    "ambit.capture.rs"
+);
+
 /// Envoy's xDS API (the subset Istio's ambient mode uses).
 pub mod envoy {
     /// Envoy service definitions.
@@ -133,3 +140,7 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
 /// Type URL of WDS authorization resources ([`security::Authorization`]).
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of the pod enrollment resources Ambit's control plane serves its capture agents
+/// ([`capture::PodEnrollment`]).
+pub const POD_ENROLLMENT_TYPE_URL: &str = "type.googleapis.com/ambit.capture.PodEnrollment";

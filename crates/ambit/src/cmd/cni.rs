@@ -2,10 +2,12 @@
 //! [`ambit_capture::app::run`]; and `ambit cni plugin`: the CNI plugin a container runtime
 //! invokes.
 //!
-//! The agent follows the control plane's WDS to learn which pods on this node are enrolled,
-//! takes pod events from the plugin on `--plugin-socket`, installs redirection rules in each
-//! enrolled pod's netns and hands it to the node proxy on `--zds-socket`. Enrolled pods it has
-//! no event for (they ran before it) are found by address in `--procfs`. With `--install-cni`
+//! The agent follows the control plane's per-pod decisions to learn which pods on this node are
+//! enrolled (known before a pod has an IP), takes pod events from the plugin on
+//! `--plugin-socket`, installs redirection rules in each enrolled pod's netns, hands it to the
+//! node proxy on `--zds-socket`, and marks it `ambient.istio.io/redirection: enabled` through
+//! the Kubernetes API (or, with `--pod-manifests`, in the local mesh's manifest directory).
+//! Enrolled pods it has no event for (they ran before it) are found by address in `--procfs`. With `--install-cni`
 //! it first puts the plugin on the node: its own binary into `--cni-bin-dir` and the plugin
 //! into the network configuration in `--cni-conf-dir`, kept there while it runs. Paths and
 //! settings default to Istio's, so a node proxy (ours or ztunnel) finds the agent where it
@@ -13,11 +15,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use ambit_app::Shutdown;
 use ambit_capture::BackendChoice;
 use ambit_capture::app::{AppConfig, InstallOptions};
-use ambit_identity::TrustDomain;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -64,9 +66,14 @@ struct AgentArgs {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
 
-    /// Trust domain of workloads whose WDS resource names none (as the node proxy's).
-    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
-    trust_domain: TrustDomain,
+    /// Mark captured pods in this manifest directory (the one the control plane reads with
+    /// `--config-dir`) instead of through the Kubernetes API.
+    #[arg(long)]
+    pod_manifests: Option<PathBuf>,
+
+    /// How long an ADD waits for the control plane to describe its pod before failing.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    decide_timeout: u64,
 
     #[command(flatten)]
     control_plane: ControlPlaneArgs,
@@ -115,8 +122,13 @@ struct InstallArgs {
     #[arg(long, env = "CNI_CONF_NAME")]
     cni_conf_name: Option<String>,
 
-    /// Namespaces whose pods the plugin passes through without telling the agent.
-    #[arg(long, value_delimiter = ',', default_value = "kube-system")]
+    /// Namespaces whose pods the plugin passes through without telling the agent: the agent
+    /// decides from the control plane, so the control plane's namespace must be among them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system,istio-system"
+    )]
     exclude_namespaces: Vec<String>,
 
     /// On exit, take the plugin out of the CNI configuration and remove its binary. Off by
@@ -158,7 +170,6 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let config = AppConfig {
         node_name,
         cluster_id: args.cluster_id,
-        trust_domain: args.trust_domain,
         control_plane: args.control_plane.wds(),
         backend,
         state_dir: args.state_dir,
@@ -166,6 +177,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         plugin_socket: args.plugin_socket,
         procfs: args.procfs,
         host_root: args.host_root,
+        pod_manifests: args.pod_manifests,
+        decide_timeout: Duration::from_secs(args.decide_timeout),
         install: install.install_cni.then_some(InstallOptions {
             cni_bin_dir: install.cni_bin_dir,
             cni_conf_dir: install.cni_conf_dir,
@@ -209,7 +222,7 @@ mod tests {
         assert!(!install.install_cni && !install.uninstall_on_exit);
         assert_eq!(install.cni_bin_dir, Path::new("/host/opt/cni/bin"));
         assert_eq!(install.cni_conf_dir, Path::new("/host/etc/cni/net.d"));
-        assert_eq!(install.exclude_namespaces, ["kube-system"]);
+        assert_eq!(install.exclude_namespaces, ["kube-system", "istio-system"]);
         assert!(cli.cni.agent.procfs.is_none() && cli.cni.agent.host_root.is_none());
 
         let cli = Cli::try_parse_from([

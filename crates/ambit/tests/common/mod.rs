@@ -170,10 +170,14 @@ pub(crate) fn namespace(name: &str, ambient: bool) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}{labels}}}\n")
 }
 
-/// A ready `Pod` manifest named `name` (label `app: <name>`, ServiceAccount `name`) on `node`.
+/// A ready `Pod` manifest named `name` (label `app: <name>`, ServiceAccount `name`) on `node`,
+/// marked `ambient.istio.io/redirection: enabled` as a captured pod is (the control plane
+/// advertises an enrolled pod over HBONE only once marked; these pods' capture is the SOCKS5
+/// listener, or the local mesh's agent, which marks them itself).
 pub(crate) fn pod(namespace: &str, name: &str, node: &str, ip: Ipv4Addr) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}, \
+         annotations: {{ambient.istio.io/redirection: enabled}}}}\n\
          spec: {{serviceAccountName: {name}, nodeName: {node}, containers: [{{name: c}}]}}\n\
          status: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
     )

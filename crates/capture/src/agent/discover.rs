@@ -208,6 +208,7 @@ impl Inner {
                 captured: false,
                 service_account: String::new(),
                 rules_installed: false,
+                marked: false,
                 error: None,
             };
             // Failures are logged and kept in the pod's status; reconciliation retries them.

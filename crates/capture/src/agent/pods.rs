@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::state::PodRecord;
 use super::{AgentError, CniPod, Inner, error_chain};
-use crate::enrollment::{Enrolled, PodName};
+use crate::enrollment::{Decision, Enrolled, PodName};
 use crate::rules::{Rules, RulesError};
 use crate::zds::{AckState, ZdsError, ZdsPod};
 
@@ -30,6 +30,8 @@ pub(super) struct Pod {
     /// The service account the pod was captured as.
     pub(super) service_account: String,
     pub(super) rules_installed: bool,
+    /// The pod's object carries the captured mark (set by this agent or an earlier one).
+    pub(super) marked: bool,
     /// Why the last capture attempt failed.
     pub(super) error: Option<String>,
 }
@@ -42,6 +44,8 @@ impl Inner {
         let path = event
             .netns
             .ok_or_else(|| AgentError::NoNetns { pod: name.clone() })?;
+        // Before the pod set is locked: other pods' events go on while this one waits.
+        let decision = self.decide(&name, event.uid.as_deref()).await?;
         let (path, netns) = self.open_netns(path).map_err(|source| AgentError::Netns {
             pod: name.clone(),
             source,
@@ -63,7 +67,7 @@ impl Inner {
             Some(_) => {
                 if let Some(mut old) = pods.remove(&name) {
                     info!(pod = %name, "a new sandbox replaces the pod's old one");
-                    self.release(&name, &mut old).await;
+                    self.release(&name, &mut old, false).await;
                 }
             }
             None => {}
@@ -77,21 +81,46 @@ impl Inner {
             captured: false,
             service_account: String::new(),
             rules_installed: false,
+            marked: false,
             error: None,
         });
         pod.ips = event.ips;
-        let result = match self.enrollment.enrolled(&name) {
-            Some(enrolled) if !self.confirmed(pod, &enrolled) => {
+        let result = match decision {
+            Decision::Enrolled(enrolled) if !self.confirmed(pod, &enrolled) => {
                 self.capture(&name, pod, enrolled).await
             }
-            Some(_) => Ok(()),
-            None => {
-                debug!(pod = %name, "pod is not enrolled; remembering its network namespace");
+            Decision::Enrolled(_) => self.ensure_marked(&name, pod).await,
+            Decision::NotEnrolled(reason) => {
+                debug!(pod = %name, reason, "pod is not enrolled; remembering its network namespace");
                 Ok(())
             }
+            // `decide` waits out an unknown answer.
+            Decision::Unknown(reason) => Err(AgentError::Undecided { pod: name, reason }),
         };
         self.persist(&pods);
         result
+    }
+
+    /// The enrollment decision for a pod's ADD, waiting up to the decide timeout while the
+    /// source does not know the pod (its answer may lag the pod's creation a little).
+    async fn decide(&self, name: &PodName, uid: Option<&str>) -> Result<Decision, AgentError> {
+        let mut changes = self.enrollment.changes();
+        let deadline = tokio::time::Instant::now() + self.decide_timeout;
+        loop {
+            changes.borrow_and_update();
+            let decision = self.enrollment.decide(name, uid);
+            let Decision::Unknown(reason) = decision else {
+                return Ok(decision);
+            };
+            let wait = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(wait, Ok(Ok(()))) {
+                warn!(pod = %name, reason, "cannot decide whether to capture the pod; failing its ADD");
+                return Err(AgentError::Undecided {
+                    pod: name.clone(),
+                    reason: format!("{reason} (waited {:?})", self.decide_timeout),
+                });
+            }
+        }
     }
 
     /// Opens the namespace a CNI event names, under the host root first (see
@@ -147,7 +176,7 @@ impl Inner {
             debug!(pod = %name, container = %event.container_id, "DEL for an old sandbox; ignored");
             return;
         }
-        self.release(&name, pod).await;
+        self.release(&name, pod, false).await;
         pods.remove(&name);
         self.persist(&pods);
     }
@@ -182,9 +211,13 @@ impl Inner {
                     let _ = self.capture(name, pod, enrolled).await;
                     changed = true;
                 }
+                Some(_) if !pod.marked => {
+                    let _ = self.ensure_marked(name, pod).await;
+                    changed = true;
+                }
                 None if pod.captured && synced => {
                     info!(pod = %name, "pod left the mesh; releasing it");
-                    self.release(name, pod).await;
+                    self.release(name, pod, true).await;
                     changed = true;
                 }
                 _ => {}
@@ -210,6 +243,7 @@ impl Inner {
                 captured: false,
                 service_account: String::new(),
                 rules_installed: false,
+                marked: record.marked,
                 error: None,
             };
             if record.captured {
@@ -260,16 +294,19 @@ impl Inner {
             service_account: pod.service_account.clone(),
             netns: Some(pod.netns.clone()),
         };
+        // Marked also when no node proxy is connected (as istio-cni marks a partial add): the
+        // pod's rules are in place, so a peer's tunnel to it is refused until the proxy takes
+        // it, never carried in plaintext.
         match self.zds.add(zds_pod).await {
             Ok(()) => {
                 pod.error = None;
                 info!(pod = %name, "pod captured");
-                Ok(())
+                self.ensure_marked(name, pod).await
             }
             Err(ZdsError::NotConnected) => {
                 pod.error = None;
                 info!(pod = %name, "rules in place; no node proxy connected, it gets the pod when it connects");
-                Ok(())
+                self.ensure_marked(name, pod).await
             }
             Err(source) => {
                 let error = AgentError::Zds {
@@ -281,9 +318,40 @@ impl Inner {
         }
     }
 
-    /// Tells the node proxy the pod is gone, then removes its rules. Problems are logged: the
-    /// pod leaves either way.
-    async fn release(&self, name: &PodName, pod: &mut Pod) {
+    /// Marks a captured pod's object, unless it is marked already. A failure is kept in the
+    /// pod's status and retried on the next reconciliation.
+    async fn ensure_marked(&self, name: &PodName, pod: &mut Pod) -> Result<(), AgentError> {
+        if pod.marked || !pod.captured || !pod.rules_installed {
+            return Ok(());
+        }
+        match self.marker.mark(name, &pod.uid, true).await {
+            Ok(()) => {
+                pod.marked = true;
+                debug!(pod = %name, "pod marked ambient.istio.io/redirection=enabled");
+                Ok(())
+            }
+            Err(source) => {
+                let error = AgentError::Mark {
+                    pod: name.clone(),
+                    source,
+                };
+                Err(not_confirmed(name, pod, error))
+            }
+        }
+    }
+
+    /// Tells the node proxy the pod is gone, then removes its rules, then (with `unmark`, for
+    /// a pod that stays but leaves the mesh) its mark. Problems are logged: the pod leaves
+    /// either way.
+    async fn release(&self, name: &PodName, pod: &mut Pod, unmark: bool) {
+        if unmark && pod.marked {
+            match self.marker.mark(name, &pod.uid, false).await {
+                Ok(()) => pod.marked = false,
+                Err(e) => {
+                    warn!(pod = %name, error = %error_chain(&e), "cannot remove the pod's captured mark")
+                }
+            }
+        }
         if !pod.captured {
             return;
         }
@@ -312,6 +380,7 @@ impl Inner {
                 ips: pod.ips.clone(),
                 captured: pod.captured,
                 service_account: pod.service_account.clone(),
+                marked: pod.marked,
             })
             .collect();
         if let Err(e) = self.store.save(records) {

@@ -37,6 +37,9 @@ pub(crate) struct PodRecord {
     /// The service account it was captured as.
     #[serde(default)]
     pub(crate) service_account: String,
+    /// Whether the pod's object carries the captured mark.
+    #[serde(default)]
+    pub(crate) marked: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ mod tests {
             ips: vec!["10.0.0.1".parse().unwrap()],
             captured: true,
             service_account: "sa".into(),
+            marked: true,
         }
     }
 

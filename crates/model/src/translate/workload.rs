@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::service::{hostname, ip_bytes, resource_name};
 use super::{MeshConfig, PodReport, pod_uid};
-use crate::enroll::{Enrollment, enrollment};
+use crate::enroll::{Enrollment, enrollment, redirected};
 use crate::state::ClusterState;
 
 /// Label the EndpointSlice controller puts on every slice, naming its Service.
@@ -66,7 +66,9 @@ fn build(
         namespace: namespace.to_owned(),
         addresses: addresses.into_iter().map(ip_bytes).collect(),
         network: config.network.clone(),
-        tunnel_protocol: if enrolled.is_enrolled() {
+        // As istiod: peers tunnel to a pod only once its capture agent marked it captured, so
+        // none tunnels to a pod whose listeners are not up yet.
+        tunnel_protocol: if enrolled.is_enrolled() && redirected(pod) {
             TunnelProtocol::Hbone
         } else {
             TunnelProtocol::None

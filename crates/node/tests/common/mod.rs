@@ -52,10 +52,15 @@ pub fn namespace(name: &str, ambient: bool) -> String {
     format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {labels}}}\n")
 }
 
+/// A running pod's object. It carries the capture agent's mark
+/// (`ambient.istio.io/redirection: enabled`), as a captured pod does on a cluster: in this tier
+/// the SOCKS5 listener stands in for capture, and the control plane advertises a pod over HBONE
+/// only once it is marked.
 pub fn pod(p: &Pod<'_>) -> String {
     format!(
         "---\napiVersion: v1\nkind: Pod\n\
-         metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+         metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}, \
+         annotations: {{ambient.istio.io/redirection: enabled}}}}\n\
          spec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: c}}]}}\n\
          status: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
         name = p.name,
