@@ -48,13 +48,13 @@ metadata: {name: prometheus, labels: {istio.io/dataplane-mode: ambient}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: scraper, namespace: prometheus, labels: {app: scraper}}
+metadata: {name: scraper, namespace: prometheus, labels: {app: scraper}, annotations: {ambient.istio.io/redirection: enabled}}
 spec: {serviceAccountName: prometheus, nodeName: node-a, containers: [{name: c}]}
 status: {podIP: 10.0.0.1}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: web, namespace: default}
+metadata: {name: web, namespace: default, annotations: {ambient.istio.io/redirection: enabled}}
 spec: {nodeName: node-a, containers: [{name: c}]}
 status: {podIP: 10.0.0.9}
 ";

@@ -21,12 +21,12 @@
 //! `istio.io/dataplane-mode=none`, say) passes through. An ADD of an enrolled pod returns once
 //! the rules are in place, the node proxy acknowledged the pod and the pod is marked
 //! `ambient.istio.io/redirection: enabled` (see [`crate::marker`]); a failed mark fails the ADD.
-//! When no node proxy is connected, it returns `Ok` as soon as the rules are in place, unmarked
-//! (marked once the node proxy acknowledged it): the pod fails closed (its redirected connections are refused, since
-//! nothing listens on 15001/15006 in its netns) until the node proxy connects and receives it
-//! in the replay. Failing the ADD instead would make every pod on a node wait for the node
-//! proxy, including pods the node proxy itself may depend on. A rules failure or a node proxy
-//! rejection fails the ADD, so the runtime retries the pod.
+//! When no node proxy is connected, the ADD fails as istio-cni's does ([`AgentError::NoNodeProxy`]):
+//! the rules stay in place and the pod stays registered, unmarked, so the node proxy receives it
+//! in its replay when it connects, and the runtime's retried ADD succeeds then. Only enrolled
+//! pods wait: the node proxy's own dependencies (the control plane, DNS) run in excluded
+//! namespaces. A rules failure or a node proxy rejection fails the ADD too. A pod is marked
+//! only once the node proxy acknowledged it (a reconciliation follows every new connection).
 //!
 //! Invariants:
 //! - One lock serializes every change to the pod set (events, reconciliation): a pod is never
@@ -163,6 +163,9 @@ pub enum AgentError {
     /// The enrollment source could not say whether to capture the pod in time.
     #[error("pod {pod}: cannot decide whether to capture it: {reason}")]
     Undecided { pod: PodName, reason: String },
+    /// The rules are in place, but no node proxy has acknowledged the pod yet.
+    #[error("pod {pod}: no node proxy has taken it yet (rules in place; retry once it connects)")]
+    NoNodeProxy { pod: PodName },
     #[error("pod {pod}: captured, but not marked for the control plane")]
     Mark {
         pod: PodName,
@@ -228,6 +231,7 @@ impl Agent {
         let reconciler = tokio::spawn(reconcile_loop(
             Arc::downgrade(&inner),
             changes,
+            inner.zds.connection_state(),
             config.resync_interval,
         ));
         *inner
@@ -331,8 +335,14 @@ impl Inner {
 
 /// Reconciles on every enrollment change, every `interval`, and when a search for unknown pods
 /// is due, until the agent is gone.
-async fn reconcile_loop(agent: Weak<Inner>, mut changes: watch::Receiver<u64>, interval: Duration) {
+async fn reconcile_loop(
+    agent: Weak<Inner>,
+    mut changes: watch::Receiver<u64>,
+    mut connection: watch::Receiver<bool>,
+    interval: Duration,
+) {
     let mut changes_open = true;
+    let mut connection_open = true;
     loop {
         let search_due = match agent.upgrade() {
             Some(inner) => inner.reconcile_all().await,
@@ -340,14 +350,29 @@ async fn reconcile_loop(agent: Weak<Inner>, mut changes: watch::Receiver<u64>, i
         };
         let resync = Instant::now() + interval;
         let wake = search_due.map_or(resync, |due| due.min(resync));
-        tokio::select! {
-            changed = changes.changed(), if changes_open => {
-                if changed.is_err() {
-                    warn!("the enrollment source stopped; reconciling on the timer only");
-                    changes_open = false;
+        loop {
+            tokio::select! {
+                changed = changes.changed(), if changes_open => {
+                    if changed.is_err() {
+                        warn!("the enrollment source stopped; reconciling on the timer only");
+                        changes_open = false;
+                    }
                 }
+                // A node proxy that connected has acknowledged its replay: the pods it took can
+                // be marked now (nothing else is retried on a connection).
+                changed = connection.changed(), if connection_open => {
+                    connection_open = changed.is_ok();
+                    let connected = connection_open && *connection.borrow_and_update();
+                    match agent.upgrade() {
+                        Some(inner) if connected => inner.mark_taken().await,
+                        Some(_) => {}
+                        None => return,
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(wake) => {}
             }
-            () = tokio::time::sleep_until(wake) => {}
+            break;
         }
     }
 }

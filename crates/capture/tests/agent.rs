@@ -12,7 +12,7 @@ use std::time::Duration;
 use ambit_capture::plugin::{EventServer, PodCommand, PodEvent, send_event};
 use ambit_capture::zds::ZdsConfig;
 use ambit_capture::{
-    Agent, AgentConfig, BackendChoice, CniPod, PodName, PodStatus, Rules, RulesError,
+    Agent, AgentConfig, AgentError, BackendChoice, CniPod, PodName, PodStatus, Rules, RulesError,
     StaticEnrollment,
 };
 use ambit_proto::zds::workload_request::Payload;
@@ -224,9 +224,11 @@ async fn del_releases_the_pod_and_forgets_it() {
 async fn check_fails_when_an_enrolled_pods_rules_are_gone() {
     let setup = Setup::new().await;
     let pod = TestPod::new();
+    let node = setup.node().await;
     setup.enroll("checked");
-    // No node proxy: ADD succeeds once the rules are in place (fail closed).
-    setup.add("checked", &pod).await.unwrap().unwrap();
+    let added = setup.add("checked", &pod);
+    expect_add(&node, "checked", &pod, "").await;
+    added.await.unwrap().unwrap();
     setup.agent.pod_checked(cni("checked", &pod)).await.unwrap();
 
     rules().remove(&pod.netns).unwrap();
@@ -247,17 +249,29 @@ async fn check_fails_when_an_enrolled_pods_rules_are_gone() {
     );
 }
 
+/// As istio-cni: without a node proxy, an enrolled pod's ADD fails (the runtime retries), its
+/// rules in place and the pod unmarked; the node proxy gets it in its replay when it connects,
+/// the pod is marked then, and the retried ADD succeeds. A pod outside the mesh passes.
 #[tokio::test]
-async fn without_a_node_proxy_add_succeeds_with_rules_and_the_pod_is_replayed_on_connection() {
+async fn without_a_node_proxy_add_fails_with_rules_in_place_and_the_retry_succeeds_once_it_has_the_pod()
+ {
     let setup = Setup::new().await;
     let (pod, other) = (TestPod::new(), TestPod::new());
     setup.enroll("early");
-    setup.add("early", &pod).await.unwrap().unwrap();
+    let err = setup.add("early", &pod).await.unwrap().unwrap_err();
+    assert!(err.contains("NoNodeProxy"), "{err}");
     setup.add("bystander", &other).await.unwrap().unwrap();
     rules().check(&pod.netns).unwrap();
     let status = setup.status("early").await.unwrap();
     assert!(
-        status.rules_installed && !status.acked && status.error.is_none(),
+        status.rules_installed && !status.acked && !status.marked,
+        "{status:?}"
+    );
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no node proxy")),
         "{status:?}"
     );
 
@@ -269,8 +283,11 @@ async fn without_a_node_proxy_add_succeeds_with_rules_and_the_pod_is_replayed_on
     };
     assert_eq!(add.uid, "uid-early");
     assert_eq!(*inode, Some(pod.netns.inode()));
-    eventually!(observe = setup.status("early").await.unwrap(), |s| s.acked);
+    eventually!(observe = setup.status("early").await.unwrap(), |s| s.acked
+        && s.marked
+        && s.error.is_none());
     eventually!(setup.agent.zds().connected());
+    setup.add("early", &pod).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -446,7 +463,9 @@ async fn a_netns_path_from_the_host_is_opened_under_the_host_root() {
 
     let mut event = cni("web", &pod);
     event.netns = Some("/var/run/netns/cni-1234".into());
-    agent.pod_added(event).await.unwrap();
+    // No node proxy here: the ADD fails after the rules went into the namespace it opened.
+    let err = agent.pod_added(event).await.unwrap_err();
+    assert!(matches!(err, AgentError::NoNodeProxy { .. }), "{err:?}");
     rules().check(&pod.netns).unwrap();
     let status = agent.status().await.remove(0);
     assert_eq!(status.netns, root.join("var/run/netns/cni-1234"));

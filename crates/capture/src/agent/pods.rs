@@ -86,10 +86,16 @@ impl Inner {
         });
         pod.ips = event.ips;
         let result = match decision {
-            Decision::Enrolled(enrolled) if !self.confirmed(pod, &enrolled) => {
-                self.capture(&name, pod, enrolled).await
+            Decision::Enrolled(enrolled) => {
+                let captured = if self.confirmed(pod, &enrolled) {
+                    self.ensure_marked(&name, pod).await
+                } else {
+                    self.capture(&name, pod, enrolled).await
+                };
+                // As istio-cni: the ADD succeeds only once a node proxy has the pod; the rules
+                // stay (its connections are refused, never plaintext) and the runtime retries.
+                captured.and_then(|()| self.taken_by_node_proxy(&name, pod))
             }
-            Decision::Enrolled(_) => self.ensure_marked(&name, pod).await,
             Decision::NotEnrolled(reason) => {
                 debug!(pod = %name, reason, "pod is not enrolled; remembering its network namespace");
                 Ok(())
@@ -228,6 +234,21 @@ impl Inner {
         }
     }
 
+    /// Marks every captured pod the node proxy has acknowledged and that is not marked yet.
+    pub(super) async fn mark_taken(&self) {
+        let mut pods = self.pods.lock().await;
+        let mut changed = false;
+        for (name, pod) in pods.iter_mut() {
+            if pod.captured && !pod.marked {
+                let _ = self.ensure_marked(name, pod).await;
+                changed |= pod.marked;
+            }
+        }
+        if changed {
+            self.persist(&pods);
+        }
+    }
+
     /// Re-captures the pods the state file says were captured, before anything else happens:
     /// the node proxy's first replay must name them, whatever enrollment says later.
     pub(super) async fn restore(&self) {
@@ -257,6 +278,14 @@ impl Inner {
         }
         info!(pods = pods.len(), "restored pods from the state file");
         self.persist(&pods);
+    }
+
+    /// `Ok` once the node proxy acknowledged `pod` (and it is marked); else why not.
+    fn taken_by_node_proxy(&self, name: &PodName, pod: &Pod) -> Result<(), AgentError> {
+        if self.zds.ack_state(&pod.uid) == Some(AckState::Acked) && pod.marked {
+            return Ok(());
+        }
+        Err(AgentError::NoNodeProxy { pod: name.clone() })
     }
 
     /// Whether `pod` is captured as `enrolled` says and needs nothing more. A pod the node
@@ -294,9 +323,8 @@ impl Inner {
             service_account: pod.service_account.clone(),
             netns: Some(pod.netns.clone()),
         };
-        // Marked also when no node proxy is connected (as istio-cni marks a partial add): the
-        // pod's rules are in place, so a peer's tunnel to it is refused until the proxy takes
-        // it, never carried in plaintext.
+        // Marked only once the node proxy has the pod: until then the control plane does not
+        // advertise it, and its rules refuse (never leak) what reaches it.
         match self.zds.add(zds_pod).await {
             Ok(()) => {
                 pod.error = None;
@@ -304,9 +332,9 @@ impl Inner {
                 self.ensure_marked(name, pod).await
             }
             Err(ZdsError::NotConnected) => {
-                pod.error = None;
+                pod.error = Some("no node proxy connected".to_owned());
                 info!(pod = %name, "rules in place; no node proxy connected, it gets the pod when it connects");
-                self.ensure_marked(name, pod).await
+                Ok(())
             }
             Err(source) => {
                 let error = AgentError::Zds {
@@ -321,9 +349,14 @@ impl Inner {
     /// Marks a captured pod's object, unless it is marked already. A failure is kept in the
     /// pod's status and retried on the next reconciliation.
     async fn ensure_marked(&self, name: &PodName, pod: &mut Pod) -> Result<(), AgentError> {
-        if pod.marked || !pod.captured || !pod.rules_installed {
+        if pod.marked
+            || !pod.captured
+            || !pod.rules_installed
+            || self.zds.ack_state(&pod.uid) != Some(AckState::Acked)
+        {
             return Ok(());
         }
+        pod.error = None;
         match self.marker.mark(name, &pod.uid, true).await {
             Ok(()) => {
                 pod.marked = true;
