@@ -111,6 +111,9 @@ fn sigterm_and_sigint_stop_the_capture_agent_with_exit_0() {
             &own("zds.sock"),
             "--plugin-socket",
             &own("plugin.sock"),
+            // No API server here: captured pods would be marked in the manifest directory.
+            "--pod-manifests",
+            &path("manifests"),
         ]
         .map(str::to_owned)
         .to_vec();
