@@ -94,7 +94,12 @@ impl Inner {
                 };
                 // As istio-cni: the ADD succeeds only once a node proxy has the pod; the rules
                 // stay (its connections are refused, never plaintext) and the runtime retries.
-                captured.and_then(|()| self.taken_by_node_proxy(&name, pod))
+                match captured {
+                    Ok(()) if !self.taken_by_node_proxy(pod) => {
+                        Err(AgentError::NoNodeProxy { pod: name.clone() })
+                    }
+                    other => other,
+                }
             }
             Decision::NotEnrolled(reason) => {
                 debug!(pod = %name, reason, "pod is not enrolled; remembering its network namespace");
@@ -280,12 +285,9 @@ impl Inner {
         self.persist(&pods);
     }
 
-    /// `Ok` once the node proxy acknowledged `pod` (and it is marked); else why not.
-    fn taken_by_node_proxy(&self, name: &PodName, pod: &Pod) -> Result<(), AgentError> {
-        if self.zds.ack_state(&pod.uid) == Some(AckState::Acked) && pod.marked {
-            return Ok(());
-        }
-        Err(AgentError::NoNodeProxy { pod: name.clone() })
+    /// Whether the node proxy acknowledged `pod` and it is marked.
+    fn taken_by_node_proxy(&self, pod: &Pod) -> bool {
+        self.zds.ack_state(&pod.uid) == Some(AckState::Acked) && pod.marked
     }
 
     /// Whether `pod` is captured as `enrolled` says and needs nothing more. A pod the node
